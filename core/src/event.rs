@@ -1,0 +1,317 @@
+//! The standard event format, wire-compatible with aws-lambda-stream.
+//!
+//! Every source normalises its records into an [`Event`], and every sink publishes one, so Rust
+//! and Node services can share a bus. The canonical entity (for example `"thing"`) and any field
+//! this crate does not know are kept in [`Event::fields`] under their own names and written back
+//! unchanged.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// The `type` of a [`FaultEvent`].
+pub const FAULT_EVENT_TYPE: &str = "fault";
+
+/// A domain event in the aws-lambda-stream format.
+///
+/// ```
+/// use lambda_stream::Event;
+///
+/// let json = r#"{"id":"1","type":"thing-created","timestamp":1700000000000,
+///                "partitionKey":"t1","tags":{"source":"svc"},"thing":{"name":"x"},"extra":7}"#;
+/// let event: Event = serde_json::from_str(json).unwrap();
+/// assert_eq!(event.event_type, "thing-created");
+/// assert_eq!(event.entity("thing").unwrap()["name"], "x");
+/// // unknown fields survive a round trip; absent optional fields stay absent
+/// let back = serde_json::to_value(&event).unwrap();
+/// assert_eq!(back["extra"], 7);
+/// assert!(back.get("raw").is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// A unique, deterministic id. Sources fill it from the record id when the payload has none.
+    pub id: String,
+    /// Generally the namespace, entity and action, e.g. `thing-created`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Epoch milliseconds of the action. Sources fill it from the record when the payload has none.
+    pub timestamp: i64,
+    /// The entity or correlation id that related events share; drives per-key ordering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// Routing information (account, region, stage, source, functionname, pipeline, ...).
+    pub tags: Map<String, Value>,
+    /// The raw data of the event's source, kept for audit (e.g. `raw.new` / `raw.old` of a
+    /// DynamoDB change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Value>,
+    /// Envelope encryption metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eem: Option<Value>,
+    /// The canonical entity under its own name (e.g. `"thing"`) and any other field, preserved.
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+impl Event {
+    /// A new event of `event_type` with the given id and timestamp (epoch ms).
+    pub fn new(id: impl Into<String>, event_type: impl Into<String>, timestamp: i64) -> Self {
+        Event {
+            id: id.into(),
+            event_type: event_type.into(),
+            timestamp,
+            ..Event::default()
+        }
+    }
+
+    /// The entity (or any other extra field) stored under `name`.
+    pub fn entity(&self, name: &str) -> Option<&Value> {
+        self.fields.get(name)
+    }
+
+    /// Sets the entity stored under `name`, builder style.
+    ///
+    /// ```
+    /// let e = lambda_stream::Event::new("1", "thing-created", 0)
+    ///     .with_entity("thing", serde_json::json!({"id": "t1"}));
+    /// assert_eq!(e.entity("thing").unwrap()["id"], "t1");
+    /// ```
+    pub fn with_entity(mut self, name: impl Into<String>, value: Value) -> Self {
+        self.fields.insert(name.into(), value);
+        self
+    }
+
+    /// Sets the partition key, builder style.
+    pub fn with_partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
+        self
+    }
+
+    /// The tag `name` as a string, if it is one.
+    pub fn tag(&self, name: &str) -> Option<&str> {
+        self.tags.get(name).and_then(Value::as_str)
+    }
+}
+
+/// Accepts integer or floating epoch milliseconds (Node's `Date.now()` is an integer, but some
+/// producers send floats).
+struct EpochMillis(i64);
+
+impl<'de> Deserialize<'de> for EpochMillis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = EpochMillis;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("epoch milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EpochMillis, E> {
+                Ok(EpochMillis(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EpochMillis, E> {
+                i64::try_from(v)
+                    .map(EpochMillis)
+                    .map_err(|_| E::custom("timestamp out of range"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EpochMillis, E> {
+                Ok(EpochMillis(v as i64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// Written by hand rather than with `#[serde(flatten)]`: flatten buffers every field into an
+// intermediate tree first, which made decoding an event about twice as slow.
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Event;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+                let mut event = Event::default();
+                let mut has_type = false;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match &*key {
+                        "id" => event.id = map.next_value()?,
+                        "type" => {
+                            event.event_type = map.next_value()?;
+                            has_type = true;
+                        }
+                        "timestamp" => event.timestamp = map.next_value::<EpochMillis>()?.0,
+                        "partitionKey" => event.partition_key = map.next_value()?,
+                        "tags" => event.tags = map.next_value::<Option<_>>()?.unwrap_or_default(),
+                        "raw" => event.raw = map.next_value()?,
+                        "eem" => event.eem = map.next_value()?,
+                        _ => {
+                            let value = map.next_value()?;
+                            event.fields.insert(key.into_owned(), value);
+                        }
+                    }
+                }
+                if !has_type {
+                    return Err(de::Error::missing_field("type"));
+                }
+                Ok(event)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The error carried by a [`FaultEvent`], in aws-lambda-stream's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The kind of error, e.g. `PoisonError`, `DecodeError`, `Panic`.
+    pub name: String,
+    /// What went wrong, naming the record where possible.
+    pub message: String,
+    /// The chain of causes, outermost first (Rust has no JS stack; the causes tell more).
+    pub stack: String,
+}
+
+/// The unit of work of a fault, trimmed to what a resubmission needs: the original record(s).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FaultUow {
+    /// A fault raised for one record.
+    Record {
+        /// The original Lambda record, as it arrived.
+        record: Value,
+    },
+    /// A fault raised for a batch or group of records that fail together.
+    Batch {
+        /// Each original Lambda record, as `{"record": ...}`.
+        batch: Vec<FaultRecord>,
+    },
+}
+
+/// One original record inside a batch fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// The original Lambda record, as it arrived.
+    pub record: Value,
+}
+
+impl FaultUow {
+    /// The original records, in batch order.
+    pub fn records(&self) -> Vec<&Value> {
+        match self {
+            FaultUow::Record { record } => vec![record],
+            FaultUow::Batch { batch } => batch.iter().map(|r| &r.record).collect(),
+        }
+    }
+}
+
+/// An event that sets a poison record aside: published to the bus, stored by the fault monitor,
+/// and resubmitted from there once the cause is fixed.
+///
+/// Tags always carry `functionname` and `pipeline`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultEvent {
+    /// Deterministic: the same record failing in the same pipeline gives the same id, so a
+    /// fault raised twice (after a redelivery) is stored once.
+    pub id: String,
+    /// Always [`FAULT_EVENT_TYPE`].
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Epoch milliseconds when the fault was raised.
+    pub timestamp: i64,
+    /// The partition key of the failed unit, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// `functionname`, `pipeline` and the standard tags.
+    pub tags: Map<String, Value>,
+    /// What went wrong.
+    pub err: ErrorInfo,
+    /// The original record(s).
+    pub uow: FaultUow,
+}
+
+impl FaultEvent {
+    /// The tag `name` as a string, if it is one.
+    pub fn tag(&self, name: &str) -> Option<&str> {
+        self.tags.get(name).and_then(Value::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trip_keeps_entity_and_unknown_fields() {
+        let wire = json!({
+            "id": "e1", "type": "thing-updated", "timestamp": 1_700_000_000_123_i64,
+            "partitionKey": "t1", "tags": {"source": "svc", "n": 1},
+            "thing": {"id": "t1", "name": "widget"}, "raw": {"new": {}}, "eem": {"dataKeys": {}},
+            "somethingNew": [1, 2]
+        });
+        let event: Event = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(event.partition_key.as_deref(), Some("t1"));
+        assert_eq!(event.entity("thing").unwrap()["name"], "widget");
+        assert_eq!(serde_json::to_value(&event).unwrap(), wire);
+    }
+
+    #[test]
+    fn absent_optional_fields_are_omitted_and_defaults_fill_in() {
+        let event: Event = serde_json::from_str(r#"{"type":"x"}"#).unwrap();
+        assert_eq!(event.id, "");
+        assert_eq!(event.timestamp, 0);
+        let back = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            back,
+            json!({"id": "", "type": "x", "timestamp": 0, "tags": {}})
+        );
+    }
+
+    #[test]
+    fn float_timestamps_are_accepted() {
+        let event: Event = serde_json::from_str(r#"{"type":"x","timestamp":1.5e12}"#).unwrap();
+        assert_eq!(event.timestamp, 1_500_000_000_000);
+    }
+
+    #[test]
+    fn missing_type_is_an_error() {
+        let err = serde_json::from_str::<Event>(r#"{"id":"1"}"#).unwrap_err();
+        assert!(err.to_string().contains("type"), "{err}");
+    }
+
+    #[test]
+    fn fault_event_wire_shape() {
+        let fault = FaultEvent {
+            id: "f1".into(),
+            event_type: FAULT_EVENT_TYPE.into(),
+            timestamp: 1,
+            partition_key: None,
+            tags: Map::from_iter([
+                ("functionname".to_string(), json!("listener")),
+                ("pipeline".to_string(), json!("p1")),
+            ]),
+            err: ErrorInfo {
+                name: "PoisonError".into(),
+                message: "bad".into(),
+                stack: "bad".into(),
+            },
+            uow: FaultUow::Record {
+                record: json!({"eventID": "r1"}),
+            },
+        };
+        let wire = serde_json::to_value(&fault).unwrap();
+        assert_eq!(wire["type"], "fault");
+        assert_eq!(wire["err"]["name"], "PoisonError");
+        assert_eq!(wire["tags"]["pipeline"], "p1");
+        assert_eq!(wire["uow"]["record"]["eventID"], "r1");
+        let back: FaultEvent = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, fault);
+    }
+}

@@ -1,0 +1,189 @@
+use std::sync::Arc;
+
+use aws_lambda_events::event::dynamodb::EventRecord;
+use serde_dynamo::AttributeValue;
+use serde_json::{Map, Value, json};
+
+use super::{Decoded, DynamoDbBatch, Lenient, SourceRecord};
+use crate::event::Event;
+
+/// How [`from_dynamodb`] reads a single-table design.
+///
+/// ```
+/// use lambda_stream::sources::DynamoDbOptions;
+///
+/// let opts = DynamoDbOptions { pk: "id".into(), ..DynamoDbOptions::default() };
+/// assert_eq!(opts.discriminator, "discriminator");
+/// ```
+#[derive(Debug, Clone)]
+pub struct DynamoDbOptions {
+    /// The key attribute that becomes the event's `partitionKey` (default `pk`).
+    pub pk: String,
+    /// The sort key attribute, used to name the event type when there is no discriminator
+    /// (default `sk`).
+    pub sk: String,
+    /// The attribute that names the entity type (default `discriminator`).
+    pub discriminator: String,
+    /// Skip REMOVEs made by DynamoDB's TTL expiry (default false: the `expired` flavor wants them).
+    pub skip_ttl_expired: bool,
+    /// This function's region: records written by another region of a global table are skipped.
+    /// Default: `AWS_REGION`; `None` keeps every record.
+    pub region: Option<String>,
+}
+
+impl Default for DynamoDbOptions {
+    fn default() -> Self {
+        DynamoDbOptions {
+            pk: "pk".into(),
+            sk: "sk".into(),
+            discriminator: "discriminator".into(),
+            skip_ttl_expired: false,
+            region: std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()),
+        }
+    }
+}
+
+/// Decodes a DynamoDB stream event into change events.
+///
+/// - `type`: the lower-cased discriminator (else sort key) plus `-created`, `-updated` or
+///   `-deleted`; a MODIFY that sets `deleted: true` is `-deleted` and one that clears it is
+///   `-undeleted` (soft delete).
+/// - `partitionKey`: the `pk` key; `timestamp`: the new image's `timestamp`, else the stream's
+///   approximate creation time in ms; `raw.new` / `raw.old`: the images as plain JSON.
+/// - Skipped (done): writes of another region of a global table, and TTL expiries when
+///   [`DynamoDbOptions::skip_ttl_expired`] is set.
+/// - `latched: true` in the new image marks the unit latched ([`UnitOfWork::is_latched`](crate::UnitOfWork::is_latched)).
+///
+/// ```
+/// use lambda_stream::sources::{DynamoDbOptions, from_dynamodb};
+/// use lambda_stream::testing::{Change, to_dynamodb_records};
+/// use serde_json::json;
+///
+/// let change = Change::insert(json!({"pk": "t1", "sk": "thing", "discriminator": "Thing", "name": "x"}));
+/// let decoded = from_dynamodb(to_dynamodb_records(&[change]), &DynamoDbOptions::default());
+/// let event = decoded.units()[0].event();
+/// assert_eq!(event.event_type, "thing-created");
+/// assert_eq!(event.raw.as_ref().unwrap()["new"]["name"], "x");
+/// ```
+pub fn from_dynamodb(batch: impl Into<DynamoDbBatch>, opts: &DynamoDbOptions) -> Decoded {
+    let batch = batch.into();
+    let mut out = Decoded::with_capacity("from_dynamodb", batch.records.len());
+    for record in batch.records {
+        let record = match record {
+            Lenient::Parsed(r) => r,
+            Lenient::Malformed { raw, reason } => {
+                out.malformed(raw, reason);
+                continue;
+            }
+        };
+        let decoded = decode(&record, opts);
+        let (index, shared) = out.push_record(SourceRecord::DynamoDb(record));
+        match decoded {
+            Ok(Some((event, latched))) => {
+                out.unit(index, Arc::clone(&shared), event, || None, latched)
+            }
+            Ok(None) => {}
+            Err(reason) => out.fail_record(index, reason),
+        }
+    }
+    out
+}
+
+fn decode(record: &EventRecord, opts: &DynamoDbOptions) -> Result<Option<(Event, bool)>, String> {
+    let change = &record.change;
+    let new = &change.new_image;
+    let old = &change.old_image;
+    let image = if new.is_empty() { old } else { new };
+
+    if let Some(region) = &opts.region {
+        for attr in ["aws:rep:updateregion", "awsregion"] {
+            if let Some(AttributeValue::S(written_in)) = image.get(attr)
+                && written_in != region
+            {
+                tracing::debug!(record = %record.event_id, %written_in, "skipping another region's global table write");
+                return Ok(None);
+            }
+        }
+    }
+    if opts.skip_ttl_expired && record.event_name == "REMOVE" && is_ttl_expiry(record) {
+        tracing::debug!(record = %record.event_id, "skipping TTL expiry");
+        return Ok(None);
+    }
+
+    let pk = change
+        .keys
+        .get(&opts.pk)
+        .and_then(scalar)
+        .ok_or_else(|| format!("missing key attribute `{}` (string or number)", opts.pk))?;
+    let entity = [&opts.discriminator, &opts.sk]
+        .into_iter()
+        .find_map(
+            |attr| match image.get(attr.as_str()).or(change.keys.get(attr.as_str())) {
+                Some(AttributeValue::S(s)) if !s.is_empty() => Some(s),
+                _ => None,
+            },
+        )
+        .ok_or_else(|| {
+            format!(
+                "no `{}` or `{}` attribute to name the event type",
+                opts.discriminator, opts.sk
+            )
+        })?;
+    let action = match record.event_name.as_str() {
+        "INSERT" => "created",
+        "MODIFY" => match (is_deleted(old), is_deleted(new)) {
+            (false, true) => "deleted",
+            (true, false) => "undeleted",
+            _ => "updated",
+        },
+        "REMOVE" => "deleted",
+        other => return Err(format!("unknown eventName `{other}`")),
+    };
+    let timestamp = match new.get("timestamp") {
+        Some(AttributeValue::N(n)) => n
+            .parse::<f64>()
+            .map(|ms| ms as i64)
+            .map_err(|e| format!("`timestamp` is not a number: {e}"))?,
+        _ => change.approximate_creation_date_time.timestamp_millis(),
+    };
+
+    let mut raw = Map::new();
+    for (name, img) in [("new", new), ("old", old)] {
+        if !img.is_empty() {
+            let value: Value = serde_dynamo::from_item(img.clone())
+                .map_err(|e| format!("{name} image is not convertible to JSON: {e}"))?;
+            raw.insert(name.into(), value);
+        }
+    }
+    let latched = matches!(new.get("latched"), Some(AttributeValue::Bool(true)));
+
+    let mut event = Event::new(
+        record.event_id.clone(),
+        format!("{}-{}", entity.to_lowercase(), action),
+        timestamp,
+    );
+    event.partition_key = Some(pk);
+    event.raw = Some(Value::Object(raw));
+    event
+        .tags
+        .insert("region".into(), json!(record.aws_region.as_str()));
+    Ok(Some((event, latched)))
+}
+
+fn scalar(v: &AttributeValue) -> Option<String> {
+    match v {
+        AttributeValue::S(s) | AttributeValue::N(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn is_deleted(image: &serde_dynamo::Item) -> bool {
+    matches!(image.get("deleted"), Some(AttributeValue::Bool(true)))
+}
+
+fn is_ttl_expiry(record: &EventRecord) -> bool {
+    record
+        .user_identity
+        .as_ref()
+        .is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com")
+}
