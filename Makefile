@@ -4,9 +4,10 @@ CARGO ?= cargo
 
 .PHONY: test check fmt lint doc bench
 
-## test: run every test of the workspace (unit, integration, doc tests)
+## test: run every test of the workspace (unit, integration against the local AWS emulator, doc
+## tests); sets up the emulator's virtualenv on first use and stops the emulator afterwards
 test:
-	$(CARGO) test --workspace
+	scripts/with-emulator.sh $(CARGO) test --workspace
 
 ## check: formatting, clippy with warnings as errors, rustdoc with warnings as errors
 check: fmt lint doc

@@ -32,14 +32,20 @@
 
 #![warn(missing_docs)]
 
+pub mod aws;
 pub mod batch;
+pub mod connectors;
 pub mod deadline;
 pub mod error;
 pub mod event;
+pub mod expressions;
 pub mod faults;
+pub mod flavors;
 pub mod handler;
 pub mod pipeline;
+pub mod sinks;
 pub mod sources;
+pub mod tags;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod uow;

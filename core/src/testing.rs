@@ -378,3 +378,172 @@ pub(crate) fn units(keys: &[Option<&str>]) -> Vec<crate::UnitOfWork> {
     }
     out
 }
+
+/// The local AWS emulator's address (`AWS_ENDPOINT_URL`), for integration tests.
+///
+/// Panics, saying how to start the emulator, when it is not set; and when it is not a loopback
+/// address, so a test can never reach a real AWS account.
+pub fn emulator_endpoint() -> String {
+    match std::env::var("AWS_ENDPOINT_URL") {
+        Ok(url)
+            if url.starts_with("http://127.")
+                || url.starts_with("http://localhost")
+                || url.starts_with("http://[::1]") =>
+        {
+            url
+        }
+        Ok(url) => panic!(
+            "AWS_ENDPOINT_URL={url} is not a loopback address: integration tests only talk to a local emulator"
+        ),
+        Err(_) => panic!(
+            "AWS_ENDPOINT_URL is not set: this test needs the local AWS emulator. \
+             Run `make test`, or `scripts/with-emulator.sh cargo test ...` to start one on 127.0.0.1"
+        ),
+    }
+}
+
+/// The shared AWS configuration, after checking that it points at the local emulator.
+pub async fn emulator() -> &'static aws_config::SdkConfig {
+    emulator_endpoint();
+    crate::aws::config().await
+}
+
+/// A resource name unique to this test run (tests share one emulator and run in parallel).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// Creates a `pk`/`sk` table with a NEW_AND_OLD_IMAGES stream in the emulator; returns its name.
+pub async fn create_table(prefix: &str) -> String {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        StreamSpecification, StreamViewType,
+    };
+    let name = unique(prefix);
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let key = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    emulator().await;
+    crate::aws::dynamodb()
+        .await
+        .create_table()
+        .table_name(&name)
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating table {name}: {e:?}"));
+    name
+}
+
+/// An EventBridge bus in the emulator with a rule delivering matching events to a new SQS
+/// queue (moto delivers to SQS targets, not to Kinesis or Lambda). Returns (bus, queue url).
+pub async fn bus_to_queue(prefix: &str, pattern: Value) -> (String, String) {
+    emulator().await;
+    let bus = unique(prefix);
+    let eb = crate::aws::eventbridge().await;
+    let sqs = crate::aws::sqs().await;
+    eb.create_event_bus()
+        .name(&bus)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating bus: {e:?}"));
+    let queue = sqs
+        .create_queue()
+        .queue_name(unique(prefix))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating queue: {e:?}"));
+    let url = queue.queue_url.unwrap_or_default();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("queue arn: {e:?}"))
+        .attributes
+        .and_then(|mut a| a.remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .unwrap_or_default();
+    let rule = unique("rule");
+    eb.put_rule()
+        .name(&rule)
+        .event_bus_name(&bus)
+        .event_pattern(pattern.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating rule: {e:?}"));
+    eb.put_targets()
+        .rule(&rule)
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(arn)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating target: {e:?}"));
+    (bus, url)
+}
+
+/// Every message now in the queue, as JSON (EventBridge envelopes for bus deliveries), deleted
+/// as read.
+pub async fn drain_queue(url: &str) -> Vec<Value> {
+    let sqs = crate::aws::sqs().await;
+    let mut out = Vec::new();
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("receiving: {e:?}"));
+        let messages = got.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return out;
+        }
+        for m in messages {
+            out.push(serde_json::from_str(m.body().unwrap_or("null")).unwrap_or(Value::Null));
+            if let Some(handle) = m.receipt_handle() {
+                let _ = sqs
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await;
+            }
+        }
+    }
+}

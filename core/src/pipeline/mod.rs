@@ -272,6 +272,24 @@ impl<T: Work> Pipeline<T> {
         })
     }
 
+    /// An async step over all items at once (in batch order) that answers per item: for APIs
+    /// that succeed partially (`PutEvents`, `PutRecords`, `SendMessageBatch`), whose connectors
+    /// batch and retry by themselves. A transient failure stops the later items of its key as
+    /// everywhere else: they are retry even if they went through (and are redelivered, so
+    /// consumers see each key in order).
+    pub fn then_all<U, F, Fut>(self, f: F) -> Pipeline<U>
+    where
+        U: Work,
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<U, StepError>>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.stage(move |ctx, items| {
+            let f = Arc::clone(&f);
+            async move { run_all(&ctx, items, |items| f(items)).await }
+        })
+    }
+
     /// Collects items into batches of at most `size`, in order; a batch succeeds or fails as one.
     pub fn batch(self, size: usize) -> Pipeline<Batch<T>> {
         let size = size.max(1);
@@ -382,6 +400,54 @@ fn group<T: Work>(ctx: &StageCtx, items: Vec<T>, key: &impl Fn(&T) -> String) ->
         }
     }
     groups
+}
+
+pub(crate) async fn run_all<T, U, F, Fut>(ctx: &StageCtx, items: Vec<T>, f: F) -> Vec<U>
+where
+    T: Work,
+    U: Work,
+    F: FnOnce(Vec<T>) -> Fut,
+    Fut: Future<Output = Vec<Result<U, StepError>>>,
+{
+    if ctx.deadline.passed() {
+        ctx.retry_all(items, "deadline: not started");
+        return Vec::new();
+    }
+    let anchors: Vec<_> = items.iter().map(anchor_of).collect();
+    let n = items.len();
+    let results = match AssertUnwindSafe(f(items)).catch_unwind().await {
+        Ok(results) if results.len() == n => results,
+        Ok(results) => {
+            let msg = format!("step answered {} results for {n} items", results.len());
+            (0..n)
+                .map(|_| Err(StepError::poison_msg(msg.clone())))
+                .collect()
+        }
+        Err(p) => {
+            let e = panic_error(p);
+            (0..n)
+                .map(|_| Err(StepError::poison_msg(e.to_string()).named("Panic")))
+                .collect()
+        }
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut blocked = Blocked::default();
+    for (anchor, result) in anchors.into_iter().zip(results) {
+        if blocked.touches_anchor(&anchor) {
+            ctx.retry(anchor, BLOCKED.into());
+            continue;
+        }
+        match result {
+            Ok(u) => out.push(u),
+            Err(e) => {
+                if e.class() == ErrorClass::Transient {
+                    blocked.block(&anchor);
+                }
+                ctx.failed(anchor, e);
+            }
+        }
+    }
+    out
 }
 
 async fn run_async<T, U, C, CF>(

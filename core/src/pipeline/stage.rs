@@ -112,6 +112,13 @@ impl Blocked {
         }
     }
 
+    pub(crate) fn touches_anchor(&self, anchor: &Anchor) -> bool {
+        !self.0.is_empty()
+            && anchor
+                .iter()
+                .any(|o| o.partition_key().is_some_and(|k| self.0.contains(k)))
+    }
+
     pub(crate) fn touches<T: Work>(&self, item: &T) -> bool {
         if self.0.is_empty() {
             return false;

@@ -1,0 +1,263 @@
+//! DynamoDB: update, put, delete, get, batch get, query (all pages), transact write.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, TransactWriteItem};
+use serde_dynamo::aws_sdk_dynamodb_1 as dynamo;
+use serde_json::Value;
+
+use crate::aws::classify;
+use crate::error::StepError;
+use crate::expressions::Expression;
+use crate::pipeline::Retry;
+
+/// What a conditional write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The write was applied.
+    Applied,
+    /// The condition failed on a write marked stale-on-failure: a newer version (or the same
+    /// item) is already stored; nothing to do.
+    Stale,
+}
+
+/// An update of one item: its key and expression (see [`update_expression`](crate::expressions::update_expression)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateRequest {
+    /// The table; `None` uses the sink's table (`ENTITY_TABLE_NAME`).
+    pub table: Option<String>,
+    /// The item's key as JSON, e.g. `{"pk": "t1", "sk": "thing"}`.
+    pub key: Value,
+    /// Update and condition.
+    pub expression: Expression,
+}
+
+/// A query of one table or index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryRequest {
+    /// The table.
+    pub table: String,
+    /// An index, if any.
+    pub index: Option<String>,
+    /// The key condition and its aliases (the `condition` of the expression).
+    pub expression: Expression,
+    /// Items per page (`Limit`); every page is read either way.
+    pub page_size: Option<i32>,
+}
+
+fn item(v: &Value) -> Result<HashMap<String, AttributeValue>, StepError> {
+    dynamo::to_item(v).map_err(StepError::from)
+}
+
+fn values(e: &Expression) -> Result<Option<HashMap<String, AttributeValue>>, StepError> {
+    if e.values.is_empty() {
+        return Ok(None);
+    }
+    e.values
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), dynamo::to_attribute_value(v)?)))
+        .collect::<Result<_, StepError>>()
+        .map(Some)
+}
+
+fn names(e: &Expression) -> Option<HashMap<String, String>> {
+    (!e.names.is_empty()).then(|| e.names.clone())
+}
+
+fn to_json(item: HashMap<String, AttributeValue>) -> Result<Value, StepError> {
+    dynamo::from_item(item).map_err(StepError::from)
+}
+
+/// A thin connector over the DynamoDB client.
+#[derive(Debug, Clone)]
+pub struct DynamoDb {
+    client: Client,
+}
+
+impl DynamoDb {
+    /// Over `client`.
+    pub fn new(client: Client) -> Self {
+        DynamoDb { client }
+    }
+
+    /// Over the process's shared client.
+    pub async fn shared() -> Self {
+        DynamoDb::new(crate::aws::dynamodb().await.clone())
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Updates one item.
+    pub async fn update(&self, table: &str, req: &UpdateRequest) -> Result<Written, StepError> {
+        let e = &req.expression;
+        let result = self
+            .client
+            .update_item()
+            .table_name(req.table.as_deref().unwrap_or(table))
+            .set_key(Some(item(&req.key)?))
+            .set_update_expression(e.update.clone())
+            .set_condition_expression(e.condition.clone())
+            .set_expression_attribute_names(names(e))
+            .set_expression_attribute_values(values(e)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Applied),
+            Err(err)
+                if e.stale_on_condition_failure
+                    && err
+                        .as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Written::Stale)
+            }
+            Err(err) => Err(classify(err)),
+        }
+    }
+
+    /// Puts one item, under an optional condition (e.g. [`pk_condition`](crate::expressions::pk_condition)).
+    pub async fn put(
+        &self,
+        table: &str,
+        value: &Value,
+        condition: Option<&Expression>,
+    ) -> Result<Written, StepError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item(value)?))
+            .set_condition_expression(condition.and_then(|c| c.condition.clone()))
+            .set_expression_attribute_names(condition.and_then(names))
+            .set_expression_attribute_values(match condition {
+                Some(c) => values(c)?,
+                None => None,
+            })
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Applied),
+            Err(err)
+                if condition.is_some_and(|c| c.stale_on_condition_failure)
+                    && err
+                        .as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Written::Stale)
+            }
+            Err(err) => Err(classify(err)),
+        }
+    }
+
+    /// Deletes one item.
+    pub async fn delete(&self, table: &str, key: &Value) -> Result<(), StepError> {
+        self.client
+            .delete_item()
+            .table_name(table)
+            .set_key(Some(item(key)?))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Reads one item (strongly consistent).
+    pub async fn get(&self, table: &str, key: &Value) -> Result<Option<Value>, StepError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .set_key(Some(item(key)?))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.item.map(to_json).transpose()
+    }
+
+    /// Reads many items, 100 keys a request, sending unprocessed keys again with backoff.
+    pub async fn batch_get(&self, table: &str, keys: &[Value]) -> Result<Vec<Value>, StepError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending: Vec<HashMap<String, AttributeValue>> =
+                chunk.iter().map(item).collect::<Result<_, _>>()?;
+            let mut delays = Retry {
+                attempts: 5,
+                ..Retry::default()
+            }
+            .delays();
+            while !pending.is_empty() {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .build()
+                    .map_err(|e| StepError::poison(e.to_string()))?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(table, request)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                for it in out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(table)
+                    .unwrap_or_default()
+                {
+                    found.push(to_json(it)?);
+                }
+                pending = out
+                    .unprocessed_keys
+                    .unwrap_or_default()
+                    .remove(table)
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if !pending.is_empty() {
+                    let delay = delays.next().ok_or_else(|| {
+                        StepError::transient(format!("{} keys still unprocessed", pending.len()))
+                    })?;
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Queries every page.
+    pub async fn query(&self, req: &QueryRequest) -> Result<Vec<Value>, StepError> {
+        let e = &req.expression;
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&req.table)
+            .set_index_name(req.index.clone())
+            .set_key_condition_expression(e.condition.clone())
+            .set_expression_attribute_names(names(e))
+            .set_expression_attribute_values(values(e)?)
+            .set_limit(req.page_size)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for it in page.map_err(classify)?.items.unwrap_or_default() {
+                out.push(to_json(it)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes items in one transaction (all or nothing).
+    pub async fn transact_write(&self, items: Vec<TransactWriteItem>) -> Result<(), StepError> {
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}

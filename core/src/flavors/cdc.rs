@@ -1,0 +1,108 @@
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::connectors::{DynamoDb, EventBridge, QueryRequest};
+use crate::error::StepError;
+use crate::event::Event;
+use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline};
+use crate::uow::UnitOfWork;
+
+type Query = Arc<dyn Fn(&UnitOfWork) -> Option<QueryRequest> + Send + Sync>;
+
+/// Change data capture (a trigger): DynamoDB stream changes → domain events on the bus.
+/// Latched rows (views written by a listener) are skipped; `to_event` maps each change, with the
+/// rows of an optional related query, to the event to publish.
+///
+/// ```
+/// use lambda_stream::flavors::Cdc;
+/// use lambda_stream::{Event, StepError, UnitOfWork};
+/// use serde_json::Value;
+///
+/// fn to_event(uow: &UnitOfWork, _related: &[Value]) -> Result<Event, StepError> {
+///     let change = uow.event();
+///     let thing = change.raw.as_ref().and_then(|r| r.get("new")).cloned().unwrap_or_default();
+///     Ok(Event::new(change.id.clone(), change.event_type.clone(), change.timestamp)
+///         .with_partition_key(change.partition_key.clone().unwrap_or_default())
+///         .with_entity("thing", thing))
+/// }
+/// # async fn rules(bus: lambda_stream::connectors::EventBridge) {
+/// let rule = Cdc::new("thing-events", regex::Regex::new("^thing-").unwrap(), to_event, bus);
+/// # }
+/// ```
+pub struct Cdc<F> {
+    /// The pipeline id.
+    pub id: String,
+    /// The change types to publish (`thing-created`, ...).
+    pub event_type: EventType,
+    /// Maps a change and its related rows to the domain event.
+    pub to_event: F,
+    /// The bus.
+    pub bus: EventBridge,
+    query: Option<(DynamoDb, Query)>,
+}
+
+impl<F> Cdc<F>
+where
+    F: Fn(&UnitOfWork, &[Value]) -> Result<Event, StepError> + Send + Sync + 'static,
+{
+    /// A rule publishing to `bus`.
+    pub fn new(
+        id: impl Into<String>,
+        event_type: impl Into<EventType>,
+        to_event: F,
+        bus: EventBridge,
+    ) -> Self {
+        Cdc {
+            id: id.into(),
+            event_type: event_type.into(),
+            to_event,
+            bus,
+            query: None,
+        }
+    }
+
+    /// Queries related rows first (all pages); `query` returns `None` where none are needed.
+    pub fn with_query(
+        mut self,
+        db: DynamoDb,
+        query: impl Fn(&UnitOfWork) -> Option<QueryRequest> + Send + Sync + 'static,
+    ) -> Self {
+        self.query = Some((db, Arc::new(query)));
+        self
+    }
+}
+
+impl<F> IntoPipeline for Cdc<F>
+where
+    F: Fn(&UnitOfWork, &[Value]) -> Result<Event, StepError> + Send + Sync + 'static,
+{
+    fn into_pipeline(self) -> AssembledPipeline {
+        let to_event = self.to_event;
+        let query = self.query;
+        Pipeline::new(self.id)
+            .on_event_type(self.event_type)
+            .on(|uow| !uow.is_latched())
+            .then(move |uow: UnitOfWork| {
+                let query = query.clone();
+                async move {
+                    let rows = match &query {
+                        Some((db, q)) => match q(&uow) {
+                            Some(request) => db.query(&request).await?,
+                            None => Vec::new(),
+                        },
+                        None => Vec::new(),
+                    };
+                    Ok::<_, StepError>(uow.with(rows))
+                }
+            })
+            .map(move |mut uow: UnitOfWork<Vec<Value>>| {
+                let rows = std::mem::take(&mut uow.state);
+                let uow = uow.with(());
+                let event = to_event(&uow, &rows)?;
+                Ok(uow.with(event))
+            })
+            .publish_to_event_bridge(self.bus)
+            .into_pipeline()
+    }
+}

@@ -1,0 +1,214 @@
+//! The materialize and cdc flavors against the local emulator (`make test`).
+
+use std::time::Duration;
+
+use lambda_stream::connectors::{DynamoDb, EventBridge, QueryRequest, UpdateRequest};
+use lambda_stream::expressions::{Expression, update_expression};
+use lambda_stream::flavors::{Cdc, Materialize};
+use lambda_stream::sinks::UpdateOptions;
+use lambda_stream::testing::*;
+use lambda_stream::{Event, Handler, StepError, UnitOfWork, aws};
+use serde_json::{Value, json};
+
+fn to_update_request(uow: &UnitOfWork) -> Result<UpdateRequest, StepError> {
+    let e = uow.event();
+    let thing = e
+        .entity("thing")
+        .ok_or_else(|| StepError::poison_msg("no thing"))?;
+    Ok(UpdateRequest {
+        table: None,
+        key: json!({"pk": thing["id"], "sk": "thing"}),
+        expression: update_expression(&json!({
+            "name": thing["name"], "discriminator": "thing", "timestamp": e.timestamp,
+            "lastModifiedBy": e.tag("source").unwrap_or("unknown"),
+        }))?
+        .timestamp_condition()?,
+    })
+}
+
+fn thing_event(i: usize, id: &str, name: &str, timestamp: i64) -> Event {
+    Event::new(format!("e{i}"), "thing-updated", timestamp)
+        .with_partition_key(id)
+        .with_entity("thing", json!({"id": id, "name": name}))
+}
+
+async fn scan(table: &str) -> Vec<Value> {
+    let out = aws::dynamodb()
+        .await
+        .scan()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+    let mut rows: Vec<Value> = out
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| serde_dynamo::aws_sdk_dynamodb_1::from_item(i).unwrap())
+        .collect();
+    rows.sort_by(|a, b| a["pk"].as_str().cmp(&b["pk"].as_str()));
+    rows
+}
+
+#[tokio::test]
+async fn materialize_is_idempotent_ordered_by_timestamp_latched_and_skips_own_events() {
+    let table = create_table("views").await;
+    let mut rule = Materialize::new(
+        "thing-view",
+        ["thing-created", "thing-updated"],
+        to_update_request,
+        DynamoDb::shared().await,
+    );
+    rule.options = UpdateOptions {
+        table: table.clone(),
+        parallel: 4,
+    };
+    rule.service = Some("this-service".into());
+    let handler = Handler::builder(MemoryFaults::default())
+        .pipelines([rule])
+        .build()
+        .unwrap();
+    let ctx = context(Duration::from_secs(60));
+
+    let mut own = thing_event(9, "t9", "echo", 5000);
+    own.tags.insert("source".into(), json!("this-service"));
+    let batch = vec![
+        thing_event(0, "t1", "newest", 3000),
+        thing_event(1, "t1", "older, arrived late", 2000),
+        thing_event(2, "t2", "only", 1000),
+        own,
+    ];
+    handler
+        .kinesis(to_kinesis_records(&batch), &ctx)
+        .await
+        .unwrap();
+    let first = scan(&table).await;
+    // applied twice (a redelivery): the same table
+    let response = handler
+        .kinesis(to_kinesis_records(&batch), &ctx)
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(scan(&table).await, first);
+
+    assert_eq!(
+        first.len(),
+        2,
+        "the service's own event is not materialized: {first:?}"
+    );
+    assert_eq!(first[0]["name"], "newest");
+    assert_eq!(first[0]["timestamp"], 3000);
+    assert_eq!(first[0]["latched"], true);
+    assert_eq!(first[1]["name"], "only");
+}
+
+#[tokio::test]
+async fn cdc_publishes_exactly_one_event_per_change_and_skips_latched_rows() {
+    let (bus, queue) = bus_to_queue("cdc", json!({"source": ["custom"]})).await;
+    let table = create_table("entities").await;
+    let db = DynamoDb::shared().await;
+    // a related row the trigger joins in
+    db.put(
+        &table,
+        &json!({"pk": "t1", "sk": "owner", "name": "ann"}),
+        None,
+    )
+    .await
+    .unwrap();
+
+    let to_event = |uow: &UnitOfWork, related: &[Value]| -> Result<Event, StepError> {
+        let change = uow.event();
+        let new = change
+            .raw
+            .as_ref()
+            .and_then(|r| r.get("new"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        Ok(Event::new(
+            change.id.clone(),
+            change.event_type.clone(),
+            change.timestamp,
+        )
+        .with_partition_key(change.partition_key.clone().unwrap_or_default())
+        .with_entity("thing", new)
+        .with_entity("related", json!(related.len())))
+    };
+    let query_table = table.clone();
+    let rule = Cdc::new(
+        "thing-events",
+        regex::Regex::new("^thing-").unwrap(),
+        to_event,
+        EventBridge::new(aws::eventbridge().await.clone(), &bus),
+    )
+    .with_query(db, move |uow| {
+        let mut e = Expression::default();
+        e.condition = Some("#pk = :pk".into());
+        e.names.insert("#pk".into(), "pk".into());
+        e.values.insert(":pk".into(), json!(uow.partition_key()?));
+        Some(QueryRequest {
+            table: query_table.clone(),
+            index: None,
+            expression: e,
+            page_size: None,
+        })
+    });
+    let handler = Handler::builder(MemoryFaults::default())
+        .dynamodb_options(lambda_stream::sources::DynamoDbOptions {
+            region: None,
+            ..Default::default()
+        })
+        .pipelines([rule])
+        .build()
+        .unwrap();
+    let item = |pk: &str, extra: Value| {
+        let mut v = json!({"pk": pk, "sk": "thing", "discriminator": "thing", "name": pk});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let changes = [
+        Change::insert(item("t1", json!({}))),
+        Change::modify(
+            item("t1", json!({})),
+            item("t1", json!({"name": "renamed"})),
+        ),
+        Change::insert(item("t2", json!({"latched": true}))),
+        Change::remove(item("t3", json!({}))),
+    ];
+    let response = handler
+        .dynamodb(
+            to_dynamodb_records(&changes),
+            &context(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+
+    let delivered = drain_queue(&queue).await;
+    let mut types: Vec<(String, String)> = delivered
+        .iter()
+        .map(|m| {
+            (
+                m["detail"]["id"].as_str().unwrap().to_owned(),
+                m["detail-type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            ("ddb-0".to_string(), "thing-created".to_string()),
+            ("ddb-1".into(), "thing-updated".into()),
+            ("ddb-3".into(), "thing-deleted".into())
+        ]
+    );
+    let updated = delivered
+        .iter()
+        .find(|m| m["detail"]["id"] == "ddb-1")
+        .unwrap();
+    assert_eq!(updated["detail"]["thing"]["name"], "renamed");
+    assert_eq!(updated["detail"]["related"], 1);
+    assert_eq!(updated["detail"]["tags"]["pipeline"], "thing-events");
+}
