@@ -46,6 +46,25 @@ then
 fi
 echo "emulator: moto server on $url (log: $log)" >&2
 
+# Lambda functions "run" without Docker (moto echoes a synchronous invoke's payload), and
+# a role exists for the tests that create functions.
+LAMBDA_TEST_ROLE_ARN=$("$venv/bin/python" - "$url" <<'PY'
+import json, sys, urllib.request
+import boto3
+url = sys.argv[1]
+urllib.request.urlopen(urllib.request.Request(
+    url + "/moto-api/config", method="POST", headers={"Content-Type": "application/json"},
+    data=json.dumps({"lambda": {"use_docker": False}}).encode()))
+iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+         "Principal": {"Service": "lambda.amazonaws.com"}}]}
+role = iam.create_role(RoleName="lambda-stream-test", AssumeRolePolicyDocument=json.dumps(trust))
+print(role["Role"]["Arn"])
+PY
+)
+export LAMBDA_TEST_ROLE_ARN
+
 export AWS_ENDPOINT_URL="$url"
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing
 export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1

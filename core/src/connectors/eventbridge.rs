@@ -8,15 +8,18 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use super::batching::{BatchLimits, EntryResult, send_all};
+use super::batching::{BatchLimits, EntryResult, merge, send_all};
 use crate::aws::{classify, is_transient_code};
 use crate::error::StepError;
 use crate::event::{Event, FaultEvent};
 use crate::faults::{FaultPublisher, PublishError};
 use crate::pipeline::Retry;
 
-/// Something published as an event: its JSON is the entry's detail, its type the detail type.
+/// Something published as an event: its JSON is the entry's detail (the record's data, the
+/// message body), its type the detail type, its partition key the shard or message group.
 pub trait Publishable: Serialize {
+    /// The event's id.
+    fn id(&self) -> &str;
     /// The event's type.
     fn event_type(&self) -> &str;
     /// The event's partition key, if any.
@@ -24,6 +27,9 @@ pub trait Publishable: Serialize {
 }
 
 impl Publishable for Event {
+    fn id(&self) -> &str {
+        &self.id
+    }
     fn event_type(&self) -> &str {
         &self.event_type
     }
@@ -33,6 +39,9 @@ impl Publishable for Event {
 }
 
 impl<P: Publishable> Publishable for &P {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
     fn event_type(&self) -> &str {
         (**self).event_type()
     }
@@ -42,6 +51,9 @@ impl<P: Publishable> Publishable for &P {
 }
 
 impl Publishable for FaultEvent {
+    fn id(&self) -> &str {
+        &self.id
+    }
     fn event_type(&self) -> &str {
         &self.event_type
     }
@@ -54,6 +66,8 @@ impl Publishable for FaultEvent {
 pub const EVENTBRIDGE_LIMITS: BatchLimits = BatchLimits {
     max_count: 10,
     max_bytes: 256 * 1024,
+    max_entry_bytes: 256 * 1024,
+    parallel: 4,
     retry: Retry {
         attempts: 4,
         min_delay: Duration::from_millis(100),
@@ -77,7 +91,7 @@ impl EventBridge {
             client,
             bus_name: bus_name.into(),
             source: "custom".into(),
-            limits: EVENTBRIDGE_LIMITS,
+            limits: EVENTBRIDGE_LIMITS.from_env(),
         }
     }
 
@@ -158,16 +172,7 @@ impl EventBridge {
             }
         })
         .await;
-        let mut results = results.into_iter();
-        details
-            .into_iter()
-            .map(|d| match d {
-                Err(e) => Err(e),
-                Ok(_) => results
-                    .next()
-                    .unwrap_or_else(|| Err(StepError::transient("entry was not sent"))),
-            })
-            .collect()
+        merge(&details, results)
     }
 }
 

@@ -4,7 +4,17 @@
 pub mod batching;
 mod dynamodb;
 mod eventbridge;
+mod kinesis;
+mod lambda;
+mod s3;
+mod sns;
+mod sqs;
 
 pub use batching::{BatchLimits, EntryResult};
 pub use dynamodb::{DynamoDb, QueryRequest, UpdateRequest, Written};
 pub use eventbridge::{EVENTBRIDGE_LIMITS, EventBridge, EventBridgeFaults, Publishable};
+pub use kinesis::{KINESIS_LIMITS, Kinesis};
+pub use lambda::Lambda;
+pub use s3::S3;
+pub use sns::Sns;
+pub use sqs::{SQS_LIMITS, Sqs};

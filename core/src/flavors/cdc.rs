@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::connectors::{DynamoDb, EventBridge, QueryRequest};
+use crate::connectors::{DynamoDb, EventBridge, Kinesis, QueryRequest};
 use crate::error::StepError;
 use crate::event::Event;
 use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline};
@@ -10,7 +10,29 @@ use crate::uow::UnitOfWork;
 
 type Query = Arc<dyn Fn(&UnitOfWork) -> Option<QueryRequest> + Send + Sync>;
 
-/// Change data capture (a trigger): DynamoDB stream changes → domain events on the bus.
+/// Where a [`Cdc`] rule publishes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// An EventBridge bus.
+    EventBridge(EventBridge),
+    /// A Kinesis stream.
+    Kinesis(Kinesis),
+}
+
+impl From<EventBridge> for Target {
+    fn from(bus: EventBridge) -> Self {
+        Target::EventBridge(bus)
+    }
+}
+
+impl From<Kinesis> for Target {
+    fn from(stream: Kinesis) -> Self {
+        Target::Kinesis(stream)
+    }
+}
+
+/// Change data capture (a trigger): DynamoDB stream changes → domain events on the bus (or a
+/// Kinesis stream).
 /// Latched rows (views written by a listener) are skipped; `to_event` maps each change, with the
 /// rows of an optional related query, to the event to publish.
 ///
@@ -37,8 +59,8 @@ pub struct Cdc<F> {
     pub event_type: EventType,
     /// Maps a change and its related rows to the domain event.
     pub to_event: F,
-    /// The bus.
-    pub bus: EventBridge,
+    /// Where the events go: an EventBridge bus or a Kinesis stream.
+    pub target: Target,
     query: Option<(DynamoDb, Query)>,
 }
 
@@ -46,18 +68,18 @@ impl<F> Cdc<F>
 where
     F: Fn(&UnitOfWork, &[Value]) -> Result<Event, StepError> + Send + Sync + 'static,
 {
-    /// A rule publishing to `bus`.
+    /// A rule publishing to `target` (an [`EventBridge`] bus or a [`Kinesis`] stream).
     pub fn new(
         id: impl Into<String>,
         event_type: impl Into<EventType>,
         to_event: F,
-        bus: EventBridge,
+        target: impl Into<Target>,
     ) -> Self {
         Cdc {
             id: id.into(),
             event_type: event_type.into(),
             to_event,
-            bus,
+            target: target.into(),
             query: None,
         }
     }
@@ -80,7 +102,7 @@ where
     fn into_pipeline(self) -> AssembledPipeline {
         let to_event = self.to_event;
         let query = self.query;
-        Pipeline::new(self.id)
+        let events = Pipeline::new(self.id)
             .on_event_type(self.event_type)
             .on(|uow| !uow.is_latched())
             .then(move |uow: UnitOfWork| {
@@ -101,8 +123,10 @@ where
                 let uow = uow.with(());
                 let event = to_event(&uow, &rows)?;
                 Ok(uow.with(event))
-            })
-            .publish_to_event_bridge(self.bus)
-            .into_pipeline()
+            });
+        match self.target {
+            Target::EventBridge(bus) => events.publish_to_event_bridge(bus).into_pipeline(),
+            Target::Kinesis(stream) => events.publish_to_kinesis(stream).into_pipeline(),
+        }
     }
 }

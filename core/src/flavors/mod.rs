@@ -4,5 +4,5 @@
 mod cdc;
 mod materialize;
 
-pub use cdc::Cdc;
+pub use cdc::{Cdc, Target};
 pub use materialize::Materialize;
