@@ -42,6 +42,7 @@ pub mod expressions;
 pub mod faults;
 pub mod flavors;
 pub mod handler;
+pub mod logging;
 pub mod pipeline;
 pub mod sinks;
 pub mod sources;

@@ -341,3 +341,14 @@ fn an_event_without_records_is_an_empty_batch() {
     let batch: KinesisBatch = serde_json::from_str("{}").unwrap();
     assert!(from_kinesis(batch).records().is_empty());
 }
+
+#[test]
+fn sqs_bodies_delivered_by_an_eventbridge_rule_are_unwrapped() {
+    let event = Event::new("f1", "fault", 7);
+    let envelope = json!({"version": "0", "id": "eb-1", "detail-type": "fault", "source": "custom",
+        "account": "123456789012", "time": "2024-01-01T00:00:00Z", "region": "us-east-1",
+        "resources": [], "detail": event});
+    let decoded = from_sqs(to_sqs_messages(&[envelope.to_string()]));
+    assert_eq!(decoded.units()[0].event().id, "f1");
+    assert_eq!(decoded.units()[0].event().event_type, "fault");
+}

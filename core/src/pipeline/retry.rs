@@ -36,8 +36,8 @@ impl Default for Retry {
 }
 
 impl Retry {
-    /// The delays between attempts.
-    pub(crate) fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+    /// The delays between attempts: exponential, with jitter, `attempts - 1` of them.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)

@@ -7,6 +7,16 @@ use serde::Deserialize;
 use super::s3::s3_event;
 use super::{Decoded, Lenient, SourceRecord, SqsBatch, parse_event};
 
+/// An event as an EventBridge rule delivers it to an SQS queue.
+#[derive(Deserialize)]
+struct BusEnvelope {
+    #[serde(rename = "detail-type")]
+    _detail_type: String,
+    #[serde(default)]
+    id: String,
+    detail: serde_json::Value,
+}
+
 /// An SNS notification as SNS delivers it to an SQS queue (raw delivery off).
 #[derive(Deserialize)]
 struct SnsEnvelope {
@@ -25,8 +35,9 @@ fn sent_millis(m: &SqsMessage) -> i64 {
         .unwrap_or(0)
 }
 
-/// Decodes an SQS event: each body is an [`Event`](crate::Event) in JSON, or an SNS
-/// notification whose `Message` is one (SNS → SQS fan-out without raw delivery).
+/// Decodes an SQS event: each body is an [`Event`](crate::Event) in JSON, an SNS notification
+/// whose `Message` is one (SNS → SQS fan-out without raw delivery), or an EventBridge event
+/// whose `detail` is one (a bus rule with an SQS target).
 ///
 /// The event's `id` defaults to the `messageId`. Messages of a FIFO queue are ordered by their
 /// message group, as Lambda delivers them.
@@ -67,13 +78,20 @@ fn parse_body(message: &SqsMessage) -> Result<crate::Event, String> {
     let sent = sent_millis(message);
     match parse_event(body.as_bytes(), id, sent) {
         Ok(event) => Ok(event),
-        Err(reason) => match serde_json::from_str::<SnsEnvelope>(body) {
-            Ok(env) if env.kind == "Notification" => {
-                parse_event(env.message.as_bytes(), &env.message_id, sent)
-                    .map_err(|r| format!("SNS message in body: {r}"))
+        Err(reason) => {
+            if let Ok(env) = serde_json::from_str::<SnsEnvelope>(body)
+                && env.kind == "Notification"
+            {
+                return parse_event(env.message.as_bytes(), &env.message_id, sent)
+                    .map_err(|r| format!("SNS message in body: {r}"));
             }
-            _ => Err(format!("body: {reason}")),
-        },
+            if let Ok(env) = serde_json::from_str::<BusEnvelope>(body) {
+                let detail = serde_json::to_vec(&env.detail).unwrap_or_default();
+                return parse_event(&detail, &env.id, sent)
+                    .map_err(|r| format!("EventBridge detail in body: {r}"));
+            }
+            Err(format!("body: {reason}"))
+        }
     }
 }
 

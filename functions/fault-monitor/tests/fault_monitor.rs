@@ -1,0 +1,218 @@
+//! The fault monitor and the `faults` library on sample events, against the local emulator
+//! (`make test`), including a resubmission that repairs a view.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fault_monitor::{FaultStore, key_of, resubmission};
+use lambda_stream::connectors::{DynamoDb, Lambda, S3, UpdateRequest};
+use lambda_stream::sources::{KinesisBatch, SqsBatch};
+use lambda_stream::testing::*;
+use lambda_stream::{Event, FaultEvent, Handler, Pipeline, StepError, UnitOfWork, aws};
+use serde_json::{Value, json};
+
+fn sample(name: &str) -> SqsBatch {
+    let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+async fn bucket() -> S3 {
+    emulator().await;
+    let name = unique("faults");
+    aws::s3()
+        .await
+        .create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .unwrap();
+    S3::new(aws::s3().await.clone(), name)
+}
+
+#[tokio::test]
+async fn stores_each_fault_once_under_a_time_sorted_key() {
+    let s3 = bucket().await;
+    let handler = fault_monitor::handler(s3.clone()).unwrap();
+    let ctx = context(Duration::from_secs(30));
+    for _ in 0..2 {
+        let response = handler
+            .sqs(sample("fault-monitor.json"), &ctx)
+            .await
+            .unwrap();
+        assert!(response.batch_item_failures.is_empty());
+    }
+    let keys = s3.list("faults/").await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        keys[0].starts_with("faults/2023/11/14/22/1700000001000-listener-thing-view-"),
+        "{}",
+        keys[0]
+    );
+
+    let store = FaultStore::new(s3);
+    let listed = store.list(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].function.as_str(), listed[0].pipeline.as_str()),
+        ("listener", "thing-view")
+    );
+    assert_eq!(key_of(&listed[0].id).unwrap(), keys[0]);
+    let fault = store.show(&listed[0].id).await.unwrap().unwrap();
+    assert_eq!(fault.err.name, "PoisonError");
+    assert!(store.list(Some("trigger"), 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn garbage_is_retried_for_the_dead_letter_queue_never_faulted() {
+    let s3 = bucket().await;
+    let handler = fault_monitor::handler(s3.clone()).unwrap();
+    let response = handler
+        .sqs(
+            sample("fault-monitor-bad.json"),
+            &context(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(ids, ["1a2b3c4d-0000-0000-0000-000000000000"]);
+    assert_eq!(
+        s3.list("faults/").await.unwrap().len(),
+        1,
+        "the good fault is stored"
+    );
+}
+
+/// A listener whose mapping has a bug for names with a space; `fixed` is the corrected one.
+async fn listener(table: &str, fixed: bool, faults: Arc<MemoryFaults>) -> Handler {
+    let table = table.to_owned();
+    let db = DynamoDb::shared().await;
+    Handler::builder(faults)
+        .function_name("listener")
+        .pipeline(
+            Pipeline::new("thing-view")
+                .map(move |uow: UnitOfWork| {
+                    let thing = uow.event().entity("thing").cloned().unwrap_or_default();
+                    let name = thing["name"].as_str().unwrap_or_default().to_owned();
+                    if !fixed && name.contains(' ') {
+                        return Err(StepError::poison_msg("names with spaces are not supported"));
+                    }
+                    Ok(uow.with(UpdateRequest {
+                        table: Some(table.clone()),
+                        key: json!({"pk": thing["id"], "sk": "thing"}),
+                        expression: lambda_stream::expressions::update_expression(
+                            &json!({"name": name}),
+                        )?,
+                    }))
+                })
+                .update(db, Default::default()),
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_resubmitted_fault_is_processed_by_the_fixed_function() {
+    let table = create_table("views").await;
+    let s3 = bucket().await;
+    let ctx = context(Duration::from_secs(30));
+
+    // 1. the buggy listener faults the record
+    let faults = Arc::new(MemoryFaults::default());
+    let event = Event::new("e1", "thing-created", 1)
+        .with_partition_key("t1")
+        .with_entity("thing", json!({"id": "t1", "name": "big widget"}));
+    let batch = to_kinesis_records(&[event]);
+    listener(&table, false, faults.clone())
+        .await
+        .kinesis(batch, &ctx)
+        .await
+        .unwrap();
+    let fault: FaultEvent = faults.published().remove(0);
+
+    // 2. the monitor stores it (as the bus rule delivers it)
+    let envelope = json!({"version": "0", "id": "x", "detail-type": "fault", "source": "custom", "detail": fault});
+    fault_monitor::handler(s3.clone())
+        .unwrap()
+        .sqs(to_sqs_messages(&[envelope.to_string()]), &ctx)
+        .await
+        .unwrap();
+    let store = FaultStore::new(s3);
+    let id = store.list(None, 1).await.unwrap().remove(0).id;
+
+    // 3. the resubmission carries the original Kinesis record to the function that faulted
+    let dry = store
+        .resubmit(&Lambda::shared().await, &id, true)
+        .await
+        .unwrap();
+    assert_eq!(dry["function"], "listener");
+    let stored = store.show(&id).await.unwrap().unwrap();
+    let r = resubmission(&stored).unwrap();
+    assert_eq!(dry["payload"], r.payload);
+    let batch: KinesisBatch = serde_json::from_value(r.payload).unwrap();
+    let response = listener(&table, true, Arc::new(MemoryFaults::default()))
+        .await
+        .kinesis(batch, &ctx)
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let row = DynamoDb::shared()
+        .await
+        .get(&table, &json!({"pk": "t1", "sk": "thing"}))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row["name"], "big widget");
+}
+
+#[tokio::test]
+async fn resubmit_invokes_the_function_with_the_original_records() {
+    let s3 = bucket().await;
+    let ctx = context(Duration::from_secs(30));
+    fault_monitor::handler(s3.clone())
+        .unwrap()
+        .sqs(sample("fault-monitor.json"), &ctx)
+        .await
+        .unwrap();
+    // a function named as the fault says, in the emulator (which echoes the payload)
+    let role = std::env::var("LAMBDA_TEST_ROLE_ARN").expect("set by scripts/with-emulator.sh");
+    let zip = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../core/tests/fixtures/bootstrap.zip"
+    ))
+    .unwrap();
+    let created = aws::lambda()
+        .await
+        .create_function()
+        .function_name("listener")
+        .runtime(aws_sdk_lambda::types::Runtime::Providedal2023)
+        .role(role)
+        .handler("bootstrap")
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(aws_sdk_lambda::primitives::Blob::new(zip))
+                .build(),
+        )
+        .send()
+        .await;
+    if let Err(e) = created {
+        // another test run in this emulator created it already
+        assert!(format!("{e:?}").contains("ResourceConflict"), "{e:?}");
+    }
+    let store = FaultStore::new(s3);
+    let id = store.list(None, 1).await.unwrap().remove(0).id;
+    let echoed = store
+        .resubmit(&Lambda::shared().await, &id, false)
+        .await
+        .unwrap();
+    let records = echoed["Records"].as_array().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0]["eventID"],
+        "shardId-000000000000:49590338271490256608559692538361571095921575989136000002"
+    );
+    assert_eq!(records[0]["kinesis"]["partitionKey"], Value::from("t2"));
+}
