@@ -4,7 +4,7 @@ use aws_lambda_events::event::dynamodb::EventRecord;
 use serde_dynamo::AttributeValue;
 use serde_json::{Map, Value, json};
 
-use super::{Decoded, DynamoDbBatch, Lenient, SourceRecord};
+use super::{Decoded, DynamoDbBatch, SourceRecord};
 use crate::event::Event;
 
 /// How [`from_dynamodb`] reads a single-table design.
@@ -66,16 +66,7 @@ impl Default for DynamoDbOptions {
 /// assert_eq!(event.raw.as_ref().unwrap()["new"]["name"], "x");
 /// ```
 pub fn from_dynamodb(batch: impl Into<DynamoDbBatch>, opts: &DynamoDbOptions) -> Decoded {
-    let batch = batch.into();
-    let mut out = Decoded::with_capacity("from_dynamodb", batch.records.len());
-    for record in batch.records {
-        let record = match record {
-            Lenient::Parsed(r) => r,
-            Lenient::Malformed { raw, reason } => {
-                out.malformed(raw, reason);
-                continue;
-            }
-        };
+    Decoded::each("from_dynamodb", batch.into(), |out, record| {
         let decoded = decode(&record, opts);
         let (index, shared) = out.push_record(SourceRecord::DynamoDb(record));
         match decoded {
@@ -85,8 +76,7 @@ pub fn from_dynamodb(batch: impl Into<DynamoDbBatch>, opts: &DynamoDbOptions) ->
             Ok(None) => {}
             Err(reason) => out.fail_record(index, reason),
         }
-    }
-    out
+    })
 }
 
 fn decode(record: &EventRecord, opts: &DynamoDbOptions) -> Result<Option<(Event, bool)>, String> {

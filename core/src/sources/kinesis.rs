@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::{Decoded, KinesisBatch, Lenient, SourceRecord, parse_event};
+use super::{Decoded, KinesisBatch, SourceRecord, parse_event};
 
 /// Decodes a Kinesis event: each record's base64 data is an [`Event`](crate::Event) in JSON.
 ///
@@ -16,16 +16,7 @@ use super::{Decoded, KinesisBatch, Lenient, SourceRecord, parse_event};
 /// assert_eq!(decoded.units()[0].event().event_type, "thing-created");
 /// ```
 pub fn from_kinesis(batch: impl Into<KinesisBatch>) -> Decoded {
-    let batch = batch.into();
-    let mut out = Decoded::with_capacity("from_kinesis", batch.records.len());
-    for record in batch.records {
-        let record = match record {
-            Lenient::Parsed(r) => r,
-            Lenient::Malformed { raw, reason } => {
-                out.malformed(raw, reason);
-                continue;
-            }
-        };
+    Decoded::each("from_kinesis", batch.into(), |out, record| {
         let arrival = record
             .kinesis
             .approximate_arrival_timestamp
@@ -50,6 +41,5 @@ pub fn from_kinesis(batch: impl Into<KinesisBatch>) -> Decoded {
             ),
             Err(reason) => out.fail_record(index, reason),
         }
-    }
-    out
+    })
 }

@@ -238,6 +238,22 @@ impl Decoded {
         self.source
     }
 
+    /// Runs `decode` on each record that parsed; each malformed one becomes a decode failure.
+    fn each<R>(
+        source: &'static str,
+        batch: LambdaBatch<R>,
+        mut decode: impl FnMut(&mut Decoded, R),
+    ) -> Decoded {
+        let mut out = Decoded::with_capacity(source, batch.records.len());
+        for record in batch.records {
+            match record {
+                Lenient::Parsed(r) => decode(&mut out, r),
+                Lenient::Malformed { raw, reason } => out.malformed(raw, reason),
+            }
+        }
+        out
+    }
+
     /// Adds a record and returns its position.
     fn push_record(&mut self, record: SourceRecord) -> (u32, Arc<SourceRecord>) {
         let index = self.records.len() as u32;

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::{Decoded, Lenient, SnsBatch, SourceRecord, parse_event};
+use super::{Decoded, SnsBatch, SourceRecord, parse_event};
 
 /// Decodes an SNS event: each `Message` is an [`Event`](crate::Event) in JSON; `id` defaults to
 /// the `MessageId` and `timestamp` to the publish time.
@@ -12,16 +12,7 @@ use super::{Decoded, Lenient, SnsBatch, SourceRecord, parse_event};
 /// assert_eq!(decoded.units()[0].event().id, "e1");
 /// ```
 pub fn from_sns(batch: impl Into<SnsBatch>) -> Decoded {
-    let batch = batch.into();
-    let mut out = Decoded::with_capacity("from_sns", batch.records.len());
-    for record in batch.records {
-        let record = match record {
-            Lenient::Parsed(r) => r,
-            Lenient::Malformed { raw, reason } => {
-                out.malformed(raw, reason);
-                continue;
-            }
-        };
+    Decoded::each("from_sns", batch.into(), |out, record| {
         let parsed = parse_event(
             record.sns.message.as_bytes(),
             &record.sns.message_id,
@@ -32,6 +23,5 @@ pub fn from_sns(batch: impl Into<SnsBatch>) -> Decoded {
             Ok(event) => out.unit(index, Arc::clone(&record), event, || None, false),
             Err(reason) => out.fail_record(index, format!("message: {reason}")),
         }
-    }
-    out
+    })
 }

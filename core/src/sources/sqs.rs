@@ -5,7 +5,7 @@ use aws_lambda_events::event::sqs::SqsMessage;
 use serde::Deserialize;
 
 use super::s3::s3_event;
-use super::{Decoded, Lenient, SourceRecord, SqsBatch, parse_event};
+use super::{Decoded, SourceRecord, SqsBatch, parse_event};
 
 /// An event as an EventBridge rule delivers it to an SQS queue.
 #[derive(Deserialize)]
@@ -50,16 +50,7 @@ fn sent_millis(m: &SqsMessage) -> i64 {
 /// assert_eq!(event.id, "msg-0"); // the message id, since the body had none
 /// ```
 pub fn from_sqs(batch: impl Into<SqsBatch>) -> Decoded {
-    let batch = batch.into();
-    let mut out = Decoded::with_capacity("from_sqs", batch.records.len());
-    for record in batch.records {
-        let message = match record {
-            Lenient::Parsed(m) => m,
-            Lenient::Malformed { raw, reason } => {
-                out.malformed(raw, reason);
-                continue;
-            }
-        };
+    Decoded::each("from_sqs", batch.into(), |out, message| {
         let parsed = parse_body(&message);
         let group = message.attributes.get("MessageGroupId").cloned();
         let (index, record) = out.push_record(SourceRecord::Sqs(message));
@@ -68,8 +59,7 @@ pub fn from_sqs(batch: impl Into<SqsBatch>) -> Decoded {
             (Ok(event), None) => out.unit(index, Arc::clone(&record), event, || None, false),
             (Err(reason), _) => out.fail_record(index, reason),
         }
-    }
-    out
+    })
 }
 
 fn parse_body(message: &SqsMessage) -> Result<crate::Event, String> {
@@ -111,16 +101,7 @@ fn parse_body(message: &SqsMessage) -> Result<crate::Event, String> {
 /// assert_eq!(decoded.units()[1].event().partition_key.as_deref(), Some("b.json"));
 /// ```
 pub fn from_sqs_sns_s3(batch: impl Into<SqsBatch>) -> Decoded {
-    let batch = batch.into();
-    let mut out = Decoded::with_capacity("from_sqs_sns_s3", batch.records.len());
-    for record in batch.records {
-        let message = match record {
-            Lenient::Parsed(m) => m,
-            Lenient::Malformed { raw, reason } => {
-                out.malformed(raw, reason);
-                continue;
-            }
-        };
+    Decoded::each("from_sqs_sns_s3", batch.into(), |out, message| {
         let parsed = parse_s3_in_sns(message.body.as_deref().unwrap_or_default());
         let (index, record) = out.push_record(SourceRecord::Sqs(message));
         match parsed {
@@ -131,8 +112,7 @@ pub fn from_sqs_sns_s3(batch: impl Into<SqsBatch>) -> Decoded {
             }
             Err(reason) => out.fail_record(index, reason),
         }
-    }
-    out
+    })
 }
 
 /// An S3 notification; `s3:TestEvent` has no `Records`.
