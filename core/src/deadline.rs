@@ -35,14 +35,33 @@ impl Deadline {
     }
 
     /// From a Lambda context's deadline (epoch ms); a context without one gives no deadline.
+    ///
+    /// Local runtimes (`cargo lambda watch`) send the timeout itself (say 600000) instead of an
+    /// epoch time; a value that small cannot be an epoch deadline (it would be 1970), so it is
+    /// read as the time remaining.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut ctx = lambda_runtime::Context::default();
+    /// ctx.deadline = 600_000; // what cargo lambda watch sends
+    /// let d = lambda_stream::Deadline::from_context(&ctx, Duration::from_secs(1));
+    /// assert!(d.remaining().unwrap() > Duration::from_secs(590));
+    /// ```
     pub fn from_context(ctx: &lambda_runtime::Context, margin: Duration) -> Self {
-        if ctx.deadline == 0 {
-            return Deadline::none();
-        }
-        let remaining = ctx
-            .deadline()
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        const EARLIEST_EPOCH_DEADLINE_MS: u64 = 1_000_000_000_000; // 2001-09-09
+        let remaining = match ctx.deadline {
+            0 => return Deadline::none(),
+            relative if relative < EARLIEST_EPOCH_DEADLINE_MS => Duration::from_millis(relative),
+            _ => ctx
+                .deadline()
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        };
+        tracing::debug!(
+            deadline_ms = ctx.deadline,
+            remaining_ms = remaining.as_millis() as u64,
+            "invocation deadline"
+        );
         Deadline::after(remaining, margin)
     }
 
