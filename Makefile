@@ -1,16 +1,21 @@
 # Every target does its own set-up, so each works on a fresh clone.
 SHELL := /bin/bash
 CARGO ?= cargo
+TOOLS := .venv-tools/bin
+TOOL_VERSIONS := aws-sam-cli==1.170.0 cfn-lint==1.58.0 checkov==3.2.459 cargo-lambda==1.9.2
+# the template checks run offline
+TEMPLATE_ENV := AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1 SAM_CLI_TELEMETRY=0 BC_SKIP_MAPPING=TRUE
 
-.PHONY: test check fmt lint doc bench
+.PHONY: test check fmt lint doc template sam-build bench
 
 ## test: run every test of the workspace (unit, integration against the local AWS emulator, doc
 ## tests); sets up the emulator's virtualenv on first use and stops the emulator afterwards
 test:
 	scripts/with-emulator.sh $(CARGO) test --workspace
 
-## check: formatting, clippy with warnings as errors, rustdoc with warnings as errors
-check: fmt lint doc
+## check: formatting, clippy and rustdoc with warnings as errors; the SAM template's validation,
+## lint and security scan; and `sam build` of every function
+check: fmt lint doc template sam-build
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -20,6 +25,21 @@ lint:
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+# SAM CLI, cfn-lint, checkov and cargo-lambda (with zig), in a project-local virtualenv
+$(TOOLS)/sam:
+	python3 -m venv .venv-tools
+	$(TOOLS)/pip install --quiet --disable-pip-version-check $(TOOL_VERSIONS)
+
+## template: sam validate --lint, cfn-lint and checkov on template.yaml
+template: $(TOOLS)/sam
+	$(TEMPLATE_ENV) $(TOOLS)/sam validate --lint
+	$(TEMPLATE_ENV) $(TOOLS)/cfn-lint template.yaml
+	$(TEMPLATE_ENV) $(TOOLS)/checkov -f template.yaml --framework cloudformation --compact --quiet
+
+## sam-build: build every function as SAM would deploy it (cargo-lambda, release, x86_64)
+sam-build: $(TOOLS)/sam
+	PATH="$(abspath $(TOOLS)):$$PATH" $(TEMPLATE_ENV) sam build --beta-features
 
 ## bench: the criterion benchmarks (release build)
 bench:

@@ -263,3 +263,38 @@ async fn post_connections_starts_a_stream_and_rejects_bad_ids() {
         .await;
     assert!(response["stopped"].as_str().unwrap().contains("not a run"));
 }
+
+#[tokio::test]
+async fn a_run_invoked_at_its_deadline_hands_over_at_once() {
+    emulator().await;
+    let handover = Arc::new(Recorded::default());
+    let settings = Settings {
+        url_template: "http://127.0.0.1:9/{streamId}".into(),
+        table: String::new(),
+        handover_margin: Duration::ZERO,
+        idle_timeout: Duration::from_secs(1),
+        max_message_bytes: 10,
+        reconnect: Retry::default(),
+    };
+    let manager = Manager::new(settings, None, DynamoDb::shared().await, handover.clone()).unwrap();
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../events/connection-manager-run.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let report = manager
+        .handle(sample, Deadline::after(Duration::ZERO, Duration::ZERO))
+        .await;
+    assert_eq!(report["connections"], 0);
+    assert_eq!(report["handedOverTo"], 4);
+    assert_eq!(
+        *handover.0.lock().unwrap(),
+        [Run {
+            stream_id: "upstream-1".into(),
+            generation: 4
+        }]
+    );
+}
