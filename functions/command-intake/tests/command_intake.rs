@@ -64,28 +64,9 @@ async fn commands_are_sequenced_and_repeated_request_ids_write_nothing() {
     assert_eq!(stream["discriminator"], "command");
 }
 
-#[tokio::test]
-async fn concurrent_commands_get_distinct_consecutive_sequences() {
-    let table = create_table("commands").await;
-    let intake = Intake::new(aws::dynamodb().await.clone(), &table);
-    let calls = (0..8).map(|i| {
-        let intake = intake.clone();
-        async move {
-            let body = format!(r#"{{"type":"s","command":"c","requestId":"r{i}"}}"#);
-            call(&intake, with_body(&body)).await
-        }
-    });
-    let mut sequences: Vec<u64> = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(|(s, b)| {
-            assert_eq!(s, 202, "{b}");
-            b["sequence"].as_u64().unwrap()
-        })
-        .collect();
-    sequences.sort();
-    assert_eq!(sequences, (1..=8).collect::<Vec<u64>>());
-}
+// Concurrent commands: DynamoDB commits a transaction conditional on `sequence = n` at most once
+// per n. moto's server does not lock its tables between threads, so that guarantee cannot be
+// tested against it; tests/races.rs tests how losing such a race is handled, with mocks.
 
 #[tokio::test]
 async fn bad_bodies_get_400_naming_the_problem_and_write_nothing() {

@@ -1,0 +1,90 @@
+//! Racing for a stream's next sequence and repeated request ids, with the cancellation reasons
+//! DynamoDB answers a cancelled transaction with (aws-smithy-mocks).
+
+use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
+use aws_sdk_dynamodb::operation::transact_write_items::{
+    TransactWriteItemsError, TransactWriteItemsOutput,
+};
+use aws_sdk_dynamodb::types::error::TransactionCanceledException;
+use aws_sdk_dynamodb::types::{AttributeValue, CancellationReason};
+use aws_smithy_mocks::{RuleMode, mock, mock_client};
+use command_intake::{Intake, validate};
+
+fn item(sequence: u64) -> GetItemOutput {
+    GetItemOutput::builder()
+        .item("sequence", AttributeValue::N(sequence.to_string()))
+        .build()
+}
+
+fn cancelled(marker: &str, stream: &str) -> TransactWriteItemsError {
+    let reason = |code: &str| CancellationReason::builder().code(code).build();
+    TransactWriteItemsError::TransactionCanceledException(
+        TransactionCanceledException::builder()
+            .cancellation_reasons(reason(marker))
+            .cancellation_reasons(reason(stream))
+            .message("Transaction cancelled")
+            .build(),
+    )
+}
+
+fn command() -> command_intake::Command {
+    validate(br#"{"type":"thing","command":"create-thing","requestId":"r-9"}"#).unwrap()
+}
+
+#[tokio::test]
+async fn losing_the_race_for_a_sequence_reads_again_and_takes_the_next() {
+    // another writer took 4 between our read of 3 and our transaction
+    let reads = mock!(aws_sdk_dynamodb::Client::get_item)
+        .sequence()
+        .output(|| item(3))
+        .output(|| item(4))
+        .build();
+    let writes = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .sequence()
+        .error(|| cancelled("None", "ConditionalCheckFailed"))
+        .output(|| TransactWriteItemsOutput::builder().build())
+        .build();
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&reads, &writes]);
+    let accepted = Intake::new(client, "commands")
+        .submit(&command())
+        .await
+        .unwrap();
+    assert_eq!((accepted.sequence, accepted.duplicate), (5, false));
+    assert_eq!((reads.num_calls(), writes.num_calls()), (2, 2));
+}
+
+#[tokio::test]
+async fn a_repeated_request_id_answers_its_first_sequence_without_writing() {
+    // the stream is at 7; the marker says this request got 6
+    let reads = mock!(aws_sdk_dynamodb::Client::get_item)
+        .sequence()
+        .output(|| item(7))
+        .output(|| item(6))
+        .build();
+    let writes = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .then_error(|| cancelled("ConditionalCheckFailed", "None"));
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&reads, &writes]);
+    let accepted = Intake::new(client, "commands")
+        .submit(&command())
+        .await
+        .unwrap();
+    assert_eq!((accepted.sequence, accepted.duplicate), (6, true));
+    assert_eq!(writes.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_that_stays_contended_is_unavailable_not_an_error() {
+    let reads = mock!(aws_sdk_dynamodb::Client::get_item).then_output(|| item(1));
+    let writes = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .then_error(|| cancelled("None", "ConditionalCheckFailed"));
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&reads, &writes]);
+    let err = Intake::new(client, "commands")
+        .submit(&command())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, command_intake::SubmitError::Unavailable(ref m) if m.contains("busy")),
+        "{err:?}"
+    );
+    assert_eq!(writes.num_calls(), 12, "bounded attempts");
+}
