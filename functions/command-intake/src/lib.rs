@@ -189,6 +189,16 @@ impl Intake {
     /// Appends `cmd` to its stream once.
     pub async fn submit(&self, cmd: &Command) -> Result<Accepted, SubmitError> {
         let marker = format!("request#{}", cmd.request_id);
+        // a repeated request is answered from its marker without attempting a write: a
+        // cancelled transaction still consumes write capacity
+        if let Some(sequence) = self.read_sequence(&marker, "request").await? {
+            return Ok(Accepted {
+                request_id: cmd.request_id.clone(),
+                stream: cmd.stream.clone(),
+                sequence,
+                duplicate: true,
+            });
+        }
         let mut delays = RETRY.delays();
         loop {
             let current = self

@@ -27,6 +27,19 @@ fn cancelled(marker: &str, stream: &str) -> TransactWriteItemsError {
     )
 }
 
+fn reads_marker(req: &aws_sdk_dynamodb::operation::get_item::GetItemInput) -> bool {
+    req.key()
+        .and_then(|k| k.get("pk"))
+        .and_then(|pk| pk.as_s().ok())
+        .is_some_and(|pk| pk.starts_with("request#"))
+}
+
+fn no_marker() -> aws_smithy_mocks::Rule {
+    mock!(aws_sdk_dynamodb::Client::get_item)
+        .match_requests(reads_marker)
+        .then_output(|| GetItemOutput::builder().build())
+}
+
 fn command() -> command_intake::Command {
     validate(br#"{"type":"thing","command":"create-thing","requestId":"r-9"}"#).unwrap()
 }
@@ -34,7 +47,9 @@ fn command() -> command_intake::Command {
 #[tokio::test]
 async fn losing_the_race_for_a_sequence_reads_again_and_takes_the_next() {
     // another writer took 4 between our read of 3 and our transaction
+    let marker = no_marker();
     let reads = mock!(aws_sdk_dynamodb::Client::get_item)
+        .match_requests(|r| !reads_marker(r))
         .sequence()
         .output(|| item(3))
         .output(|| item(4))
@@ -44,7 +59,11 @@ async fn losing_the_race_for_a_sequence_reads_again_and_takes_the_next() {
         .error(|| cancelled("None", "ConditionalCheckFailed"))
         .output(|| TransactWriteItemsOutput::builder().build())
         .build();
-    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&reads, &writes]);
+    let client = mock_client!(
+        aws_sdk_dynamodb,
+        RuleMode::MatchAny,
+        [&marker, &reads, &writes]
+    );
     let accepted = Intake::new(client, "commands")
         .submit(&command())
         .await
@@ -55,15 +74,44 @@ async fn losing_the_race_for_a_sequence_reads_again_and_takes_the_next() {
 
 #[tokio::test]
 async fn a_repeated_request_id_answers_its_first_sequence_without_writing() {
-    // the stream is at 7; the marker says this request got 6
-    let reads = mock!(aws_sdk_dynamodb::Client::get_item)
+    // the marker says this request got 6
+    let marker = mock!(aws_sdk_dynamodb::Client::get_item)
+        .match_requests(reads_marker)
+        .then_output(|| item(6));
+    let writes = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .then_output(|| TransactWriteItemsOutput::builder().build());
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&marker, &writes]);
+    let accepted = Intake::new(client, "commands")
+        .submit(&command())
+        .await
+        .unwrap();
+    assert_eq!((accepted.sequence, accepted.duplicate), (6, true));
+    assert_eq!(
+        (marker.num_calls(), writes.num_calls()),
+        (1, 0),
+        "no write attempted"
+    );
+}
+
+#[tokio::test]
+async fn a_repeat_racing_its_first_request_is_caught_by_the_transaction() {
+    // no marker yet when we look; the first request's transaction lands before ours
+    let marker = mock!(aws_sdk_dynamodb::Client::get_item)
+        .match_requests(reads_marker)
         .sequence()
-        .output(|| item(7))
+        .output(|| GetItemOutput::builder().build())
         .output(|| item(6))
         .build();
+    let stream = mock!(aws_sdk_dynamodb::Client::get_item)
+        .match_requests(|r| !reads_marker(r))
+        .then_output(|| item(5));
     let writes = mock!(aws_sdk_dynamodb::Client::transact_write_items)
-        .then_error(|| cancelled("ConditionalCheckFailed", "None"));
-    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&reads, &writes]);
+        .then_error(|| cancelled("ConditionalCheckFailed", "ConditionalCheckFailed"));
+    let client = mock_client!(
+        aws_sdk_dynamodb,
+        RuleMode::MatchAny,
+        [&marker, &stream, &writes]
+    );
     let accepted = Intake::new(client, "commands")
         .submit(&command())
         .await
@@ -74,10 +122,17 @@ async fn a_repeated_request_id_answers_its_first_sequence_without_writing() {
 
 #[tokio::test]
 async fn a_stream_that_stays_contended_is_unavailable_not_an_error() {
-    let reads = mock!(aws_sdk_dynamodb::Client::get_item).then_output(|| item(1));
+    let marker = no_marker();
+    let reads = mock!(aws_sdk_dynamodb::Client::get_item)
+        .match_requests(|r| !reads_marker(r))
+        .then_output(|| item(1));
     let writes = mock!(aws_sdk_dynamodb::Client::transact_write_items)
         .then_error(|| cancelled("None", "ConditionalCheckFailed"));
-    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&reads, &writes]);
+    let client = mock_client!(
+        aws_sdk_dynamodb,
+        RuleMode::MatchAny,
+        [&marker, &reads, &writes]
+    );
     let err = Intake::new(client, "commands")
         .submit(&command())
         .await
