@@ -93,6 +93,11 @@ pub fn handler(
     upsert.options = options.clone();
     let mut delete = Materialize::new("thing-deleted", "thing-deleted", to_delete_request, db);
     delete.options = options;
+    // the views are written only here, from this service's own event log: its own events are
+    // exactly the ones to materialize (the flavor's default skips them, for services that
+    // write their views directly)
+    upsert.service = None;
+    delete.service = None;
     Handler::builder(faults)
         .pipeline(upsert)
         .pipeline(delete)
