@@ -23,6 +23,13 @@ pub async fn config() -> &'static SdkConfig {
         .await
 }
 
+/// Makes `config` the process's AWS configuration, before any client is built; false if one
+/// was already in use. Tools use it to run handlers in-process against a chosen endpoint or a
+/// recording HTTP client.
+pub fn install(config: SdkConfig) -> bool {
+    CONFIG.set(config).is_ok()
+}
+
 macro_rules! shared_client {
     ($(#[$doc:meta])* $name:ident, $client:ty, $build:expr) => {
         $(#[$doc])*

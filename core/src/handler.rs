@@ -276,6 +276,54 @@ impl Handler {
         outcomes.async_result()
     }
 
+    /// Decodes a captured Lambda event (its JSON) by its source, as this handler's entry points
+    /// would: Kinesis, DynamoDB, SQS (events or SNS notifications in the body), SNS, S3 or
+    /// EventBridge. For replaying a batch with [`Handler::process`].
+    ///
+    /// ```
+    /// # use lambda_stream::{Handler, testing::MemoryFaults};
+    /// let handler = Handler::builder(MemoryFaults::default()).build().unwrap();
+    /// let sqs = br#"{"Records":[{"messageId":"m1","body":"{\"id\":\"1\",\"type\":\"t\",\"timestamp\":1}","eventSource":"aws:sqs"}]}"#;
+    /// assert_eq!(handler.decode_json(sqs).unwrap().records().len(), 1);
+    /// assert!(handler.decode_json(b"{}").is_err());
+    /// ```
+    pub fn decode_json(&self, event: &[u8]) -> Result<Decoded, String> {
+        let value: Value =
+            serde_json::from_slice(event).map_err(|e| format!("the event is not JSON: {e}"))?;
+        let source = value
+            .pointer("/Records/0/eventSource")
+            .or_else(|| value.pointer("/Records/0/EventSource"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let parse = |what: &str, e: serde_json::Error| format!("not a {what} event: {e}");
+        Ok(match source.as_deref() {
+            Some("aws:kinesis") => from_kinesis(
+                serde_json::from_value::<KinesisBatch>(value).map_err(|e| parse("Kinesis", e))?,
+            ),
+            Some("aws:dynamodb") => from_dynamodb(
+                serde_json::from_value::<DynamoDbBatch>(value).map_err(|e| parse("DynamoDB", e))?,
+                &self.dynamodb,
+            ),
+            Some("aws:sqs") => {
+                from_sqs(serde_json::from_value::<SqsBatch>(value).map_err(|e| parse("SQS", e))?)
+            }
+            Some("aws:sns") => {
+                from_sns(serde_json::from_value::<SnsBatch>(value).map_err(|e| parse("SNS", e))?)
+            }
+            Some("aws:s3") => {
+                from_s3(serde_json::from_value::<S3Batch>(value).map_err(|e| parse("S3", e))?)
+            }
+            _ if value.get("detail-type").is_some() => from_eventbridge(
+                serde_json::from_value(value).map_err(|e| parse("EventBridge", e))?,
+            ),
+            other => {
+                return Err(format!(
+                    "unknown event source {other:?}: expected Records[].eventSource of aws:kinesis, aws:dynamodb, aws:sqs, aws:sns or aws:s3, or an EventBridge event"
+                ));
+            }
+        })
+    }
+
     /// Runs decoded records through every pipeline that accepts them, publishes the faults and
     /// returns every record's outcome.
     pub async fn process(&self, decoded: Decoded, invocation: &Invocation) -> Outcomes {
