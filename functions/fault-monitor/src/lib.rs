@@ -9,6 +9,8 @@
 //! what it cannot store is retried and, after the queue's receive limit, set aside in its
 //! dead-letter queue.
 
+pub mod cli;
+
 use chrono::DateTime;
 use futures::future::BoxFuture;
 use lambda_stream::connectors::{Lambda, S3};
