@@ -6,7 +6,17 @@ TOOL_VERSIONS := aws-sam-cli==1.170.0 cfn-lint==1.58.0 checkov==3.2.459 cargo-la
 # the template checks run offline
 TEMPLATE_ENV := AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1 SAM_CLI_TELEMETRY=0 BC_SKIP_MAPPING=TRUE
 
-.PHONY: test check fmt lint doc template sam-build bench
+.PHONY: demo up test check fmt lint doc template sam-build bench
+
+## demo: the whole reference system on this machine: starts the emulator, provisions
+## template.yaml, builds and runs the six functions with emulated event source mappings, sends
+## commands and checks the views; stops everything at the end (or on Ctrl-C)
+demo:
+	scripts/with-emulator.sh $(CARGO) run --quiet -p local-stack -- demo
+
+## up: the same local stack, running until Ctrl-C (HTTP API on http://127.0.0.1:3000)
+up:
+	scripts/with-emulator.sh $(CARGO) run --quiet -p local-stack -- up
 
 ## test: run every test of the workspace (unit, integration against the local AWS emulator, doc
 ## tests); sets up the emulator's virtualenv on first use and stops the emulator afterwards

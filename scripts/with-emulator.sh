@@ -70,4 +70,16 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN
 export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 # never let the SDK look for credentials or regions anywhere else
 export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
-"$@"
+# the command runs in the background so an interrupt sent to this script alone (not to the whole
+# terminal's process group) still reaches it: it gets the signal, stops what it started, and
+# only then is the emulator stopped
+"$@" &
+child=$!
+forward() {
+  kill -"$1" "$child" 2>/dev/null || true
+  wait "$child" 2>/dev/null || true
+  exit 130
+}
+trap 'forward INT' INT
+trap 'forward TERM' TERM
+wait "$child"

@@ -1,0 +1,209 @@
+//! SQS mappings: receive, invoke, delete what succeeded, let the rest come back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName,
+};
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::records::{sqs_filter_view, sqs_record};
+use super::{Activity, reported_failures};
+use crate::Error;
+use crate::runtime::Invoke;
+use crate::spec::QueueMapping;
+
+/// How soon a message the function failed is received again, locally.
+pub const REDELIVERY_DELAY: Duration = Duration::from_secs(1);
+
+/// One SQS mapping of one function.
+pub struct QueuePoller {
+    /// The mapping, from the template.
+    pub mapping: QueueMapping,
+    /// The function it invokes.
+    pub function: Arc<dyn Invoke>,
+    /// The SQS client.
+    pub sqs: aws_sdk_sqs::Client,
+    /// Where it counts what it does.
+    pub activity: Arc<Activity>,
+    /// The region in records.
+    pub region: String,
+}
+
+impl QueuePoller {
+    fn key(&self) -> String {
+        format!("{}/{}", self.function.name(), self.mapping.id)
+    }
+
+    /// Polls until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+        let name = self.mapping.arn.rsplit(':').next().unwrap_or_default();
+        let url = self
+            .sqs
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(Error::aws)?
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let received = tokio::select! {
+                r = self.sqs
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(self.mapping.batch_size as i32)
+                    .wait_time_seconds(1)
+                    .message_system_attribute_names(MessageSystemAttributeName::All)
+                    .message_attribute_names("All")
+                    .send() => r,
+                _ = stop.changed() => return Ok(()),
+            };
+            let messages = match received {
+                Ok(out) => out.messages.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(mapping = %self.key(), error = %Error::aws(e), "ReceiveMessage failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.deliver(&url, messages).await {
+                tracing::warn!(mapping = %self.key(), error = %e, "settling the batch failed");
+            }
+        }
+    }
+
+    async fn deliver(&self, url: &str, messages: Vec<Message>) -> Result<(), Error> {
+        let key = self.key();
+        let (keep, skip): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .map(|m| {
+                let record = sqs_record(&m, &self.mapping.arn, &self.region);
+                (m, record)
+            })
+            .partition(|(_, record)| {
+                self.mapping.filters.is_empty()
+                    || self
+                        .mapping
+                        .filters
+                        .iter()
+                        .any(|f| f.matches(&sqs_filter_view(record)))
+            });
+        if !skip.is_empty() {
+            self.activity.update(&key, |c| {
+                c.filtered += skip.len() as u64;
+                c.finished += skip.len() as u64;
+            });
+            self.delete(url, skip.iter().map(|(m, _)| m)).await?;
+        }
+        if keep.is_empty() {
+            return Ok(());
+        }
+        let payload = json!({"Records": keep.iter().map(|(_, r)| r).collect::<Vec<_>>()});
+        self.activity.update(&key, |c| {
+            c.invocations += 1;
+            c.delivered += keep.len() as u64;
+        });
+        let failed: Vec<&Message> = match self
+            .function
+            .invoke(Bytes::from(serde_json::to_vec(&payload)?))
+            .await
+        {
+            Err(e) => {
+                tracing::info!(mapping = %key, error = %e, "function error; every message comes back");
+                keep.iter().map(|(m, _)| m).collect()
+            }
+            Ok(_) if !self.mapping.report_failures => Vec::new(),
+            Ok(body) => match reported_failures(&body) {
+                None => Vec::new(),
+                Some(ids) => {
+                    if ids.iter().any(|id| {
+                        id.as_deref()
+                            .is_none_or(|id| !keep.iter().any(|(m, _)| m.message_id() == Some(id)))
+                    }) {
+                        // an identifier that names no message fails the whole batch
+                        keep.iter().map(|(m, _)| m).collect()
+                    } else {
+                        keep.iter()
+                            .map(|(m, _)| m)
+                            .filter(|m| ids.iter().any(|id| id.as_deref() == m.message_id()))
+                            .collect()
+                    }
+                }
+            },
+        };
+        let done: Vec<&Message> = keep
+            .iter()
+            .map(|(m, _)| m)
+            .filter(|m| !failed.iter().any(|f| f.message_id() == m.message_id()))
+            .collect();
+        self.activity.update(&key, |c| {
+            c.finished += done.len() as u64;
+            if !failed.is_empty() {
+                c.retried += 1;
+            }
+        });
+        self.delete(url, done.into_iter()).await?;
+        if !failed.is_empty() {
+            let entries: Vec<_> = failed
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle()?)
+                        .visibility_timeout(REDELIVERY_DELAY.as_secs() as i32)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            self.sqs
+                .change_message_visibility_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(Error::aws)?;
+        }
+        Ok(())
+    }
+
+    async fn delete<'a>(
+        &self,
+        url: &str,
+        messages: impl Iterator<Item = &'a Message>,
+    ) -> Result<(), Error> {
+        let entries: Vec<_> = messages
+            .enumerate()
+            .filter_map(|(i, m)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle()?)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.sqs
+            .delete_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(Error::aws)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,405 @@
+//! Functions run as Lambda runs them: the built binary in its own process, with the template's
+//! environment, talking to a Lambda Runtime API that the local stack serves on loopback.
+//!
+//! One process per function takes one invocation at a time (a Lambda instance does the same);
+//! an invocation past the function's timeout kills the process, and a process that exits is
+//! started again, as Lambda replaces a failed sandbox.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::StatusCode;
+use serde_json::json;
+use tokio::process::Command;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+
+use crate::Error;
+use crate::http::{Received, Reply, Server, reply, serve};
+use crate::spec::FunctionSpec;
+
+/// Why an invocation failed, as Lambda reports it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{error_type}: {message}")]
+pub struct FunctionError {
+    /// `errorType` (for example `Sandbox.Timedout`).
+    pub error_type: String,
+    /// `errorMessage`.
+    pub message: String,
+}
+
+impl FunctionError {
+    /// An error of `error_type` with `message`.
+    pub fn new(error_type: &str, message: impl Into<String>) -> Self {
+        Self {
+            error_type: error_type.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Something that can be invoked with a JSON payload: a local function, or in tests a closure.
+pub trait Invoke: Send + Sync {
+    /// The function's name (for logs and failure records).
+    fn name(&self) -> &str;
+    /// The function's ARN.
+    fn arn(&self) -> String;
+    /// One synchronous invocation.
+    fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Result<Bytes, FunctionError>>;
+}
+
+type Answer = Result<Bytes, FunctionError>;
+
+struct Pending {
+    id: String,
+    payload: Bytes,
+    deadline_ms: u128,
+    answer: oneshot::Sender<Answer>,
+}
+
+struct Api {
+    function_arn: String,
+    queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
+    in_flight: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
+}
+
+impl Api {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Answer>>> {
+        // a poisoned lock only means another request panicked; the map is still usable
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn handle(&self, req: Received) -> Reply {
+        let path = req.parts.uri.path();
+        let Some(rest) = path.strip_prefix("/2018-06-01/runtime/") else {
+            return reply(StatusCode::NOT_FOUND, "{}");
+        };
+        if rest == "invocation/next" {
+            let Some(p) = self.queue.lock().await.recv().await else {
+                return reply(StatusCode::GONE, "{}");
+            };
+            self.in_flight().insert(p.id.clone(), p.answer);
+            let mut r = reply(StatusCode::OK, p.payload);
+            let h = r.headers_mut();
+            let mut set = |k: &'static str, v: String| {
+                if let Ok(v) = http::HeaderValue::from_str(&v) {
+                    h.insert(k, v);
+                }
+            };
+            set("lambda-runtime-aws-request-id", p.id);
+            set("lambda-runtime-deadline-ms", p.deadline_ms.to_string());
+            set(
+                "lambda-runtime-invoked-function-arn",
+                self.function_arn.clone(),
+            );
+            set(
+                "lambda-runtime-trace-id",
+                "Root=1-00000000-000000000000000000000000;Sampled=0".into(),
+            );
+            return r;
+        }
+        if rest == "init/error" {
+            tracing::error!(body = %String::from_utf8_lossy(&req.body), "function failed to start");
+            return reply(StatusCode::ACCEPTED, "{}");
+        }
+        let mut segments = rest.split('/');
+        match (segments.next(), segments.next(), segments.next()) {
+            (Some("invocation"), Some(id), Some(kind @ ("response" | "error"))) => {
+                let Some(answer) = self.in_flight().remove(id) else {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        r#"{"errorMessage":"unknown request id"}"#,
+                    );
+                };
+                let result = if kind == "response" {
+                    Ok(req.body)
+                } else {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&req.body).unwrap_or_default();
+                    Err(FunctionError::new(
+                        v["errorType"].as_str().unwrap_or("Unhandled"),
+                        v["errorMessage"].as_str().unwrap_or("function error"),
+                    ))
+                };
+                let _ = answer.send(result);
+                reply(StatusCode::ACCEPTED, "{}")
+            }
+            _ => reply(StatusCode::NOT_FOUND, "{}"),
+        }
+    }
+}
+
+/// A function running in its own process behind a local Runtime API.
+pub struct LocalFunction {
+    spec: FunctionSpec,
+    queue: mpsc::Sender<Pending>,
+    api: Arc<Api>,
+    one_at_a_time: Semaphore,
+    restart: Arc<Notify>,
+    _server: Server,
+    shutdown: watch::Sender<bool>,
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl LocalFunction {
+    /// Starts `exe` for `spec`, its output appended to `log_dir/<name>.log`.
+    pub async fn start(spec: FunctionSpec, exe: &Path, log_dir: &Path) -> Result<Arc<Self>, Error> {
+        let (queue, rx) = mpsc::channel(64);
+        let api = Arc::new(Api {
+            function_arn: spec.arn.clone(),
+            queue: tokio::sync::Mutex::new(rx),
+            in_flight: Mutex::new(HashMap::new()),
+        });
+        let server_api = Arc::clone(&api);
+        let server = serve(move |req| {
+            let api = Arc::clone(&server_api);
+            async move { api.handle(req).await }
+        })
+        .await?;
+        let restart = Arc::new(Notify::new());
+        let (shutdown, stop) = watch::channel(false);
+        std::fs::create_dir_all(log_dir)?;
+        let log = log_dir.join(format!("{}.log", spec.name));
+        let mut env: Vec<(String, String)> = spec.environment.clone().into_iter().collect();
+        env.extend([
+            ("AWS_LAMBDA_RUNTIME_API".into(), server.addr.to_string()),
+            ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone()),
+            (
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
+                spec.memory.to_string(),
+            ),
+            ("AWS_LAMBDA_FUNCTION_VERSION".into(), "$LATEST".into()),
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME".into(),
+                format!("/aws/lambda/{}", spec.name),
+            ),
+            ("AWS_LAMBDA_LOG_STREAM_NAME".into(), "local".into()),
+            ("_HANDLER".into(), "bootstrap".into()),
+        ]);
+        let supervisor = tokio::spawn(supervise(
+            spec.name.clone(),
+            exe.to_owned(),
+            env,
+            log,
+            Arc::clone(&restart),
+            stop,
+        ));
+        Ok(Arc::new(Self {
+            spec,
+            queue,
+            api,
+            one_at_a_time: Semaphore::new(1),
+            restart,
+            _server: server,
+            shutdown,
+            supervisor: Mutex::new(Some(supervisor)),
+        }))
+    }
+
+    /// The function's template entry.
+    pub fn spec(&self) -> &FunctionSpec {
+        &self.spec
+    }
+
+    /// Stops the process and waits until it has exited.
+    pub async fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        let task = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Invoke for LocalFunction {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn arn(&self) -> String {
+        self.spec.arn.clone()
+    }
+
+    fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Answer> {
+        Box::pin(async move {
+            let _turn = self.one_at_a_time.acquire().await.map_err(|_| {
+                FunctionError::new("Runtime.Stopped", "the local stack is stopping")
+            })?;
+            let id = uuid::Uuid::new_v4().to_string();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let (answer, answered) = oneshot::channel();
+            let pending = Pending {
+                id: id.clone(),
+                payload,
+                deadline_ms: (now + self.spec.timeout).as_millis(),
+                answer,
+            };
+            self.queue.send(pending).await.map_err(|_| {
+                FunctionError::new("Runtime.Stopped", "the local stack is stopping")
+            })?;
+            match tokio::time::timeout(self.spec.timeout, answered).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(FunctionError::new(
+                    "Runtime.ExitError",
+                    "the function's process exited during the invocation",
+                )),
+                Err(_) => {
+                    self.api.in_flight().remove(&id);
+                    self.restart.notify_one();
+                    Err(FunctionError::new(
+                        "Sandbox.Timedout",
+                        format!(
+                            "Task timed out after {} seconds",
+                            self.spec.timeout.as_secs()
+                        ),
+                    ))
+                }
+            }
+        })
+    }
+}
+
+async fn supervise(
+    name: String,
+    exe: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    restart: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let child = spawn(&exe, &env, &log);
+        let born = std::time::Instant::now();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(function = %name, error = %e, "cannot start the function's process");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                // a function that cannot start is retried slower and slower, as Lambda does
+                if born.elapsed() > Duration::from_secs(10) {
+                    failures = 0;
+                }
+                failures += 1;
+                let wait = Duration::from_millis(200 * (1 << failures.min(7)));
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(function = %name, ?status, failures, log = %log.display(), "function process exited; starting it again");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            _ = restart.notified() => {
+                let _ = child.kill().await;
+            }
+            _ = stop.changed() => {
+                let _ = child.kill().await;
+                return;
+            }
+        }
+    }
+}
+
+fn spawn(
+    exe: &Path,
+    env: &[(String, String)],
+    log: &Path,
+) -> std::io::Result<tokio::process::Child> {
+    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(exe);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it makes the kernel end the function's process when
+    // the local stack dies, even by SIGKILL, so nothing it started outlives it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// The payload of an asynchronous invocation's failure record, as Lambda sends it to an
+/// on-failure destination.
+pub fn async_failure_record(
+    function_arn: &str,
+    payload: &serde_json::Value,
+    error: &FunctionError,
+    attempts: u32,
+) -> serde_json::Value {
+    json!({
+        "version": "1.0",
+        "timestamp": chrono::Utc::now().to_rfc3339(),
+        "requestContext": {
+            "requestId": uuid::Uuid::new_v4().to_string(),
+            "functionArn": format!("{function_arn}:$LATEST"),
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": payload,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": {"errorType": error.error_type, "errorMessage": error.message},
+    })
+}
+
+/// An asynchronous invocation as Lambda makes it: the invocation and up to
+/// `spec.async_retries` retries; when all fail, a failure record goes to the function's
+/// dead-letter queue or on-failure destination (an SQS queue).
+pub async fn invoke_async(function: &LocalFunction, payload: Bytes, sqs: &aws_sdk_sqs::Client) {
+    let spec = function.spec();
+    let mut last = None;
+    for attempt in 0..=spec.async_retries {
+        if attempt > 0 {
+            tokio::time::sleep(crate::mapping::retry_delay(attempt)).await;
+        }
+        match function.invoke(payload.clone()).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::info!(function = %spec.name, attempt, error = %e, "asynchronous invocation failed");
+                last = Some(e);
+            }
+        }
+    }
+    let Some(error) = last else { return };
+    let Some(destination) = &spec.async_failure else {
+        tracing::warn!(function = %spec.name, error = %error, "asynchronous invocation dropped: no failure destination");
+        return;
+    };
+    let event: serde_json::Value =
+        serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
+    let record = async_failure_record(&spec.arn, &event, &error, spec.async_retries + 1);
+    if let Err(e) =
+        crate::mapping::stream::send_to_queue_arn(sqs, destination, &record.to_string()).await
+    {
+        tracing::error!(function = %spec.name, error = %e, "cannot send the failure record");
+    }
+}

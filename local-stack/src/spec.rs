@@ -1,0 +1,298 @@
+//! The functions a template declares, with their event sources, resolved against [`Names`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::Error;
+use crate::pattern::Pattern;
+use crate::template::{ACCOUNT, Names, Template};
+
+/// A function as the local stack runs it.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    /// The template's logical id.
+    pub logical_id: String,
+    /// The function's name (`FunctionName`, else `<stack>-<logical id>`).
+    pub name: String,
+    /// Its ARN.
+    pub arn: String,
+    /// The cargo binary (`Metadata.BuildProperties.Binary`).
+    pub binary: String,
+    /// The invocation timeout.
+    pub timeout: Duration,
+    /// Memory in MB (passed to the runtime as Lambda does).
+    pub memory: u32,
+    /// Environment: `Globals.Function.Environment` merged with the function's own.
+    pub environment: BTreeMap<String, String>,
+    /// Its event sources.
+    pub events: Vec<EventSource>,
+    /// Retries of a failed asynchronous invocation (`EventInvokeConfig`, default 2).
+    pub async_retries: u32,
+    /// Where a failed asynchronous invocation goes (DLQ or on-failure destination ARN).
+    pub async_failure: Option<String>,
+}
+
+/// Which service a stream mapping reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// A Kinesis data stream.
+    Kinesis,
+    /// A DynamoDB stream.
+    DynamoDb,
+}
+
+/// A Kinesis or DynamoDB stream event source mapping.
+#[derive(Debug, Clone)]
+pub struct StreamMapping {
+    /// The event's name in the template.
+    pub id: String,
+    /// Kinesis or DynamoDB.
+    pub kind: StreamKind,
+    /// The stream's ARN.
+    pub arn: String,
+    /// `TRIM_HORIZON` (else `LATEST`).
+    pub trim_horizon: bool,
+    /// Most records per invocation.
+    pub batch_size: usize,
+    /// How long to gather records before invoking with fewer than `batch_size`.
+    pub window: Duration,
+    /// `FunctionResponseTypes: [ReportBatchItemFailures]`.
+    pub report_failures: bool,
+    /// Retries before giving up on a batch (`None`: until the records expire).
+    pub max_retries: Option<u32>,
+    /// Records older than this are given up on.
+    pub max_age: Option<Duration>,
+    /// Split a failing batch in two.
+    pub bisect: bool,
+    /// Where given-up batches are described (an SQS queue ARN).
+    pub on_failure: Option<String>,
+    /// Event filters; a record is delivered if any matches (all when empty).
+    pub filters: Vec<Pattern>,
+}
+
+/// An SQS event source mapping.
+#[derive(Debug, Clone)]
+pub struct QueueMapping {
+    /// The event's name in the template.
+    pub id: String,
+    /// The queue's ARN.
+    pub arn: String,
+    /// Most messages per invocation.
+    pub batch_size: usize,
+    /// `FunctionResponseTypes: [ReportBatchItemFailures]`.
+    pub report_failures: bool,
+    /// Event filters; messages that match none are deleted unseen, as Lambda does.
+    pub filters: Vec<Pattern>,
+}
+
+/// One of a function's event sources.
+#[derive(Debug, Clone)]
+pub enum EventSource {
+    /// Kinesis or DynamoDB stream.
+    Stream(StreamMapping),
+    /// SQS queue.
+    Queue(QueueMapping),
+    /// An HTTP API route (`HttpApi` or `Api`).
+    Http {
+        /// Upper-case method, or `ANY`.
+        method: String,
+        /// Path with `{param}` segments.
+        path: String,
+    },
+    /// An EventBridge rule targeting the function (`EventBridgeRule` / `CloudWatchEvent`).
+    Rule {
+        /// The event's name in the template.
+        id: String,
+        /// The bus's name.
+        bus: String,
+        /// The rule's event pattern.
+        pattern: Value,
+    },
+}
+
+fn u64_of(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn filters(names: &Names, props: &Value) -> Result<Vec<Pattern>, Error> {
+    let mut out = Vec::new();
+    if let Some(list) = props
+        .pointer("/FilterCriteria/Filters")
+        .and_then(Value::as_array)
+    {
+        for f in list {
+            let text = names.string(f.get("Pattern").unwrap_or(&Value::Null))?;
+            out.push(Pattern::parse(&text)?);
+        }
+    }
+    Ok(out)
+}
+
+impl FunctionSpec {
+    /// Every `AWS::Serverless::Function` of the template, resolved.
+    pub fn all(template: &Template, names: &Names) -> Result<Vec<Self>, Error> {
+        template
+            .of_kind("AWS::Serverless::Function")
+            .map(|(id, r)| Self::from_resource(template, names, id, &r.properties, &r.metadata))
+            .collect()
+    }
+
+    fn from_resource(
+        template: &Template,
+        names: &Names,
+        id: &str,
+        props: &Value,
+        metadata: &Value,
+    ) -> Result<Self, Error> {
+        let globals = &template.function_globals;
+        let name = match props.get("FunctionName") {
+            Some(v) => names.string(v)?,
+            None => format!("{}-{id}", names.stack()),
+        };
+        let binary = metadata
+            .pointer("/BuildProperties/Binary")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                Error::Template(format!(
+                    "{id}: Metadata.BuildProperties.Binary (the cargo binary) is missing"
+                ))
+            })?
+            .to_owned();
+        let setting = |key: &str| props.get(key).or_else(|| globals.get(key));
+        let timeout = u64_of(setting("Timeout")).unwrap_or(3).max(1) as u64;
+        let memory = u64_of(setting("MemorySize")).unwrap_or(128) as u32;
+        let mut environment = BTreeMap::new();
+        for source in [globals, props] {
+            if let Some(vars) = source
+                .pointer("/Environment/Variables")
+                .and_then(Value::as_object)
+            {
+                for (k, v) in vars {
+                    environment.insert(k.clone(), names.string(v)?);
+                }
+            }
+        }
+        let async_retries = u64_of(props.pointer("/EventInvokeConfig/MaximumRetryAttempts"))
+            .unwrap_or(2)
+            .clamp(0, 2) as u32;
+        let async_failure = match props
+            .pointer("/DeadLetterQueue/TargetArn")
+            .or_else(|| props.pointer("/EventInvokeConfig/DestinationConfig/OnFailure/Destination"))
+        {
+            Some(v) => Some(names.string(v)?),
+            None => None,
+        };
+        let mut events = Vec::new();
+        if let Some(map) = props.get("Events").and_then(Value::as_object) {
+            for (event_id, e) in map {
+                let kind = e.get("Type").and_then(Value::as_str).unwrap_or_default();
+                let p = e.get("Properties").cloned().unwrap_or(Value::Null);
+                if p.get("Enabled").and_then(Value::as_bool) == Some(false) {
+                    continue;
+                }
+                events.push(match kind {
+                    "Kinesis" | "DynamoDB" => {
+                        let stream_kind = if kind == "Kinesis" {
+                            StreamKind::Kinesis
+                        } else {
+                            StreamKind::DynamoDb
+                        };
+                        let reports = |v: &Value| {
+                            v.get("FunctionResponseTypes")
+                                .and_then(Value::as_array)
+                                .is_some_and(|t| t.iter().any(|t| t == "ReportBatchItemFailures"))
+                        };
+                        EventSource::Stream(StreamMapping {
+                            id: event_id.clone(),
+                            kind: stream_kind,
+                            arn: names.string(p.get("Stream").unwrap_or(&Value::Null))?,
+                            trim_horizon: p.get("StartingPosition").and_then(Value::as_str)
+                                == Some("TRIM_HORIZON"),
+                            batch_size: u64_of(p.get("BatchSize")).unwrap_or(100).max(1) as usize,
+                            window: Duration::from_secs(
+                                u64_of(p.get("MaximumBatchingWindowInSeconds"))
+                                    .unwrap_or(0)
+                                    .max(0) as u64,
+                            ),
+                            report_failures: reports(&p),
+                            max_retries: u64_of(p.get("MaximumRetryAttempts"))
+                                .filter(|n| *n >= 0)
+                                .map(|n| n as u32),
+                            max_age: u64_of(p.get("MaximumRecordAgeInSeconds"))
+                                .filter(|n| *n >= 0)
+                                .map(|n| Duration::from_secs(n as u64)),
+                            bisect: p.get("BisectBatchOnFunctionError").and_then(Value::as_bool)
+                                == Some(true),
+                            on_failure: match p.pointer("/DestinationConfig/OnFailure/Destination")
+                            {
+                                Some(v) => Some(names.string(v)?),
+                                None => None,
+                            },
+                            filters: filters(names, &p)?,
+                        })
+                    }
+                    "SQS" => EventSource::Queue(QueueMapping {
+                        id: event_id.clone(),
+                        arn: names.string(p.get("Queue").unwrap_or(&Value::Null))?,
+                        batch_size: u64_of(p.get("BatchSize")).unwrap_or(10).clamp(1, 10) as usize,
+                        report_failures: p
+                            .get("FunctionResponseTypes")
+                            .and_then(Value::as_array)
+                            .is_some_and(|t| t.iter().any(|t| t == "ReportBatchItemFailures")),
+                        filters: filters(names, &p)?,
+                    }),
+                    "HttpApi" | "Api" => EventSource::Http {
+                        method: p
+                            .get("Method")
+                            .and_then(Value::as_str)
+                            .unwrap_or("ANY")
+                            .to_ascii_uppercase(),
+                        path: p
+                            .get("Path")
+                            .and_then(Value::as_str)
+                            .unwrap_or("/")
+                            .to_owned(),
+                    },
+                    "EventBridgeRule" | "CloudWatchEvent" => EventSource::Rule {
+                        id: event_id.clone(),
+                        bus: match p.get("EventBusName") {
+                            Some(v) => names.string(v)?,
+                            None => "default".to_owned(),
+                        },
+                        pattern: names.resolve(p.get("Pattern").unwrap_or(&Value::Null))?,
+                    },
+                    other => {
+                        tracing::warn!(
+                            function = id,
+                            event = event_id,
+                            kind = other,
+                            "event source type not emulated locally; skipped"
+                        );
+                        continue;
+                    }
+                });
+            }
+        }
+        Ok(Self {
+            logical_id: id.to_owned(),
+            arn: format!(
+                "arn:aws:lambda:{}:{ACCOUNT}:function:{name}",
+                names.region()
+            ),
+            name,
+            binary,
+            timeout: Duration::from_secs(timeout),
+            memory,
+            environment,
+            events,
+            async_retries,
+            async_failure,
+        })
+    }
+}

@@ -1,0 +1,512 @@
+//! Event source mapping semantics against the emulator's Kinesis and SQS (run with `make test`).
+//!
+//! The functions here are in-process stand-ins that answer as a Lambda function would; the
+//! streams, queues, bus and destinations are the emulator's.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use lambda_stream::connectors::{EventBridge, EventBridgeFaults};
+use lambda_stream::testing::{bus_to_queue, drain_queue, emulator, unique};
+use lambda_stream::{Handler, Pipeline, StepError};
+use local_stack::mapping::Activity;
+use local_stack::mapping::queue::QueuePoller;
+use local_stack::mapping::stream::{StreamClients, StreamPoller};
+use local_stack::runtime::{FunctionError, Invoke};
+use local_stack::spec::{QueueMapping, StreamKind, StreamMapping};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+type Answer = Result<Value, FunctionError>;
+type Answering = Box<dyn Fn(usize, &Value) -> Answer + Send + Sync>;
+
+/// A function that records every batch and answers with `answer(call number, batch)`.
+struct Recording {
+    calls: Mutex<Vec<Value>>,
+    answer: Answering,
+}
+
+impl Recording {
+    fn new(answer: impl Fn(usize, &Value) -> Answer + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            calls: Mutex::new(Vec::new()),
+            answer: Box::new(answer),
+        })
+    }
+
+    fn calls(&self) -> Vec<Value> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Invoke for Recording {
+    fn name(&self) -> &str {
+        "recording"
+    }
+    fn arn(&self) -> String {
+        "arn:aws:lambda:us-east-1:123456789012:function:recording".into()
+    }
+    fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Result<Bytes, FunctionError>> {
+        let batch: Value = serde_json::from_slice(&payload).unwrap();
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(batch.clone());
+            calls.len()
+        };
+        let answer = (self.answer)(n, &batch).map(|v| Bytes::from(v.to_string()));
+        Box::pin(async move { answer })
+    }
+}
+
+/// A lambda-stream handler invoked as its `main.rs` would.
+struct InProcess(Handler);
+
+impl Invoke for InProcess {
+    fn name(&self) -> &str {
+        "in-process"
+    }
+    fn arn(&self) -> String {
+        "arn:aws:lambda:us-east-1:123456789012:function:in-process".into()
+    }
+    fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Result<Bytes, FunctionError>> {
+        Box::pin(async move {
+            let decoded = self
+                .0
+                .decode_json(&payload)
+                .map_err(|e| FunctionError::new("Decode", e))?;
+            let ctx = lambda_stream::testing::context(Duration::from_secs(30));
+            let outcomes = self.0.process(decoded, &self.0.invocation(&ctx)).await;
+            let response = outcomes
+                .kinesis_response()
+                .map_err(|e| FunctionError::new("Batch", e.to_string()))?;
+            Ok(Bytes::from(serde_json::to_vec(&response).unwrap()))
+        })
+    }
+}
+
+fn seqs(batch: &Value) -> Vec<String> {
+    batch["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kinesis"]["sequenceNumber"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn data(record: &Value) -> Value {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(record["kinesis"]["data"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn clients() -> StreamClients {
+    let conf = emulator().await;
+    StreamClients {
+        kinesis: aws_sdk_kinesis::Client::new(conf),
+        streams: aws_sdk_dynamodbstreams::Client::new(conf),
+        sqs: aws_sdk_sqs::Client::new(conf),
+    }
+}
+
+/// A one-shard stream holding `records`, in order; its ARN.
+async fn stream_with(records: &[Value]) -> String {
+    let kinesis = clients().await.kinesis;
+    let name = unique("esm");
+    kinesis
+        .create_stream()
+        .stream_name(&name)
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
+    for r in records {
+        kinesis
+            .put_record()
+            .stream_name(&name)
+            .partition_key(r["partitionKey"].as_str().unwrap_or("k"))
+            .data(Blob::new(r.to_string()))
+            .send()
+            .await
+            .unwrap();
+    }
+    format!("arn:aws:kinesis:us-east-1:123456789012:stream/{name}")
+}
+
+async fn queue(prefix: &str) -> (String, String) {
+    let sqs = clients().await.sqs;
+    let name = unique(prefix);
+    let url = sqs
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    (url, format!("arn:aws:sqs:us-east-1:123456789012:{name}"))
+}
+
+fn mapping(
+    arn: &str,
+    batch_size: usize,
+    max_retries: Option<u32>,
+    on_failure: Option<String>,
+) -> StreamMapping {
+    StreamMapping {
+        id: "test".into(),
+        kind: StreamKind::Kinesis,
+        arn: arn.into(),
+        trim_horizon: true,
+        batch_size,
+        window: Duration::ZERO,
+        report_failures: true,
+        max_retries,
+        max_age: None,
+        bisect: false,
+        on_failure,
+        filters: Vec::new(),
+    }
+}
+
+/// Runs the poller until `finished` records are finished (or 30 s pass), then stops it.
+async fn run_until(poller: StreamPoller, finished: u64) -> Arc<Activity> {
+    let activity = Arc::clone(&poller.activity);
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(Arc::new(poller).run(stopped));
+    let started = Instant::now();
+    while activity
+        .snapshot()
+        .values()
+        .map(|c| c.finished)
+        .sum::<u64>()
+        < finished
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not finished: {:?}",
+            activity.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    activity
+}
+
+fn events(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"id": format!("e{i}"), "type": "thing-created", "timestamp": 1, "partitionKey": format!("k{}", i % 3), "n": i}))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_partial_failure_in_the_middle_resumes_at_the_reported_record() {
+    let arn = stream_with(&events(10)).await;
+    let function = Recording::new(|call, batch| {
+        if call == 1 {
+            // record 4 (and so everything after it) is to be retried
+            let fourth = &seqs(batch)[4];
+            Ok(json!({"batchItemFailures": [{"itemIdentifier": fourth}]}))
+        } else {
+            Ok(json!({"batchItemFailures": []}))
+        }
+    });
+    let poller = StreamPoller {
+        mapping: mapping(&arn, 100, Some(3), None),
+        function: function.clone(),
+        clients: clients().await,
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+    };
+    let activity = run_until(poller, 10).await;
+    let calls = function.calls();
+    assert_eq!(calls.len(), 2, "one retry");
+    let (first, second) = (seqs(&calls[0]), seqs(&calls[1]));
+    assert_eq!(first.len(), 10);
+    assert_eq!(
+        second,
+        first[4..].to_vec(),
+        "resumes at the reported record, not before"
+    );
+    assert_eq!(data(&calls[1]["Records"][0])["n"], 4);
+    let c = &activity.snapshot()["recording/test"];
+    assert_eq!(
+        (
+            c.invocations,
+            c.delivered,
+            c.finished,
+            c.retried,
+            c.given_up
+        ),
+        (2, 16, 10, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_item_identifier_retries_the_whole_batch() {
+    let arn = stream_with(&events(3)).await;
+    let function = Recording::new(|call, _| {
+        Ok(if call == 1 {
+            json!({"batchItemFailures": [{"itemIdentifier": "no-such-record"}]})
+        } else {
+            json!({})
+        })
+    });
+    let poller = StreamPoller {
+        mapping: mapping(&arn, 100, Some(3), None),
+        function: function.clone(),
+        clients: clients().await,
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+    };
+    run_until(poller, 3).await;
+    let calls = function.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(seqs(&calls[0]), seqs(&calls[1]));
+}
+
+#[tokio::test]
+async fn retries_are_bounded_and_the_batch_goes_to_the_on_failure_destination() {
+    let arn = stream_with(&events(7)).await;
+    let (url, queue_arn) = queue("on-failure").await;
+    // fails every batch holding one of the first five records
+    let function = Recording::new(|_, batch| {
+        let early = batch["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| data(r)["n"].as_u64().unwrap() < 5);
+        if early {
+            Err(FunctionError::new("Unhandled", "boom"))
+        } else {
+            Ok(json!({"batchItemFailures": []}))
+        }
+    });
+    let poller = StreamPoller {
+        mapping: mapping(&arn, 5, Some(2), Some(queue_arn)),
+        function: function.clone(),
+        clients: clients().await,
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+    };
+    let activity = run_until(poller, 7).await;
+    let calls = function.calls();
+    // the first batch: the invocation and two retries; then the rest of the shard
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls[..3].iter().all(|c| seqs(c).len() == 5));
+    let rest: Vec<u64> = calls[3]["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| data(r)["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rest, vec![5, 6]);
+    let failures = drain_queue(&url).await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let f = &failures[0];
+    assert_eq!(f["requestContext"]["condition"], "RetryAttemptsExhausted");
+    assert_eq!(f["requestContext"]["approximateInvokeCount"], 3);
+    let info = &f["KinesisBatchInfo"];
+    let first = seqs(&calls[0]);
+    assert_eq!(info["startSequenceNumber"], json!(first[0]));
+    assert_eq!(info["endSequenceNumber"], json!(first[4]));
+    assert_eq!(info["batchSize"], 5);
+    assert_eq!(info["streamArn"], json!(arn));
+    assert_eq!(activity.snapshot()["recording/test"].given_up, 5);
+}
+
+#[tokio::test]
+async fn bisecting_isolates_the_failing_record() {
+    let arn = stream_with(&events(8)).await;
+    let (url, queue_arn) = queue("bisect").await;
+    let function = Recording::new(|_, batch| {
+        let poisoned = batch["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| data(r)["n"] == 5);
+        if poisoned {
+            Err(FunctionError::new("Unhandled", "boom"))
+        } else {
+            Ok(json!(null))
+        }
+    });
+    let mut m = mapping(&arn, 8, Some(1), Some(queue_arn));
+    m.bisect = true;
+    let poller = StreamPoller {
+        mapping: m,
+        function: function.clone(),
+        clients: clients().await,
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+    };
+    let activity = run_until(poller, 8).await;
+    let failures = drain_queue(&url).await;
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        failures[0]["KinesisBatchInfo"]["batchSize"], 1,
+        "only the poison record is given up"
+    );
+    let c = &activity.snapshot()["recording/test"];
+    assert_eq!((c.finished, c.given_up), (8, 1));
+    // every other record was delivered in a successful batch
+    let ok: Vec<u64> = function
+        .calls()
+        .iter()
+        .filter(|b| {
+            !b["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| data(r)["n"] == 5)
+        })
+        .flat_map(|b| {
+            b["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| data(r)["n"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut ok_sorted = ok.clone();
+    ok_sorted.sort();
+    ok_sorted.dedup();
+    assert_eq!(ok_sorted, vec![0, 1, 2, 3, 4, 6, 7]);
+}
+
+#[tokio::test]
+async fn a_poison_record_becomes_a_fault_event_while_the_rest_proceed() {
+    let mut records = events(6);
+    records[2]["id"] = json!("poison");
+    let arn = stream_with(&records).await;
+    let (bus, faults_url) = bus_to_queue("esm-faults", json!({"detail-type": ["fault"]})).await;
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&done);
+    let faults = EventBridgeFaults(EventBridge::new(
+        lambda_stream::aws::eventbridge().await.clone(),
+        bus,
+    ));
+    let handler = Handler::builder(faults)
+        .pipeline(Pipeline::new("things").map(move |uow| {
+            if uow.event().id == "poison" {
+                return Err(StepError::poison_msg("this record can never succeed"));
+            }
+            seen.lock().unwrap().push(uow.event().id.clone());
+            Ok(uow)
+        }))
+        .build()
+        .unwrap();
+    let poller = StreamPoller {
+        mapping: mapping(&arn, 100, Some(3), None),
+        function: Arc::new(InProcess(handler)),
+        clients: clients().await,
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+    };
+    let activity = run_until(poller, 6).await;
+    let c = &activity.snapshot()["in-process/test"];
+    assert_eq!(
+        (c.invocations, c.finished, c.retried, c.given_up),
+        (1, 6, 0, 0),
+        "no retry, nothing given up"
+    );
+    let mut ids = done.lock().unwrap().clone();
+    ids.sort();
+    assert_eq!(ids, vec!["e0", "e1", "e3", "e4", "e5"]);
+    let faults = drain_queue(&faults_url).await;
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    let fault = &faults[0]["detail"];
+    assert!(
+        fault["err"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this record can never succeed"),
+        "{fault}"
+    );
+    assert_eq!(data(&fault["uow"]["record"])["id"], "poison");
+}
+
+#[tokio::test]
+async fn sqs_redelivers_only_the_reported_messages() {
+    let conf = emulator().await;
+    let sqs = aws_sdk_sqs::Client::new(conf);
+    let (url, arn) = queue("esm-sqs").await;
+    for i in 0..3 {
+        sqs.send_message()
+            .queue_url(&url)
+            .message_body(json!({"n": i}).to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    let function = Recording::new(|call, batch| {
+        let failed: Vec<Value> = batch["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| call == 1 && r["body"].as_str().unwrap().contains("\"n\":1"))
+            .map(|r| json!({"itemIdentifier": r["messageId"]}))
+            .collect();
+        Ok(json!({"batchItemFailures": failed}))
+    });
+    let poller = Arc::new(QueuePoller {
+        mapping: QueueMapping {
+            id: "test".into(),
+            arn,
+            batch_size: 10,
+            report_failures: true,
+            filters: Vec::new(),
+        },
+        function: function.clone(),
+        sqs: sqs.clone(),
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+    });
+    let activity = Arc::clone(&poller.activity);
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(Arc::clone(&poller).run(stopped));
+    let started = Instant::now();
+    while activity
+        .snapshot()
+        .get("recording/test")
+        .map_or(0, |c| c.finished)
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            activity.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    let bodies: Vec<String> = function
+        .calls()
+        .iter()
+        .flat_map(|b| {
+            b["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["body"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let count = |n: u32| {
+        bodies
+            .iter()
+            .filter(|b| b.contains(&format!("\"n\":{n}")))
+            .count()
+    };
+    assert_eq!((count(0), count(1), count(2)), (1, 2, 1), "{bodies:?}");
+    assert!(drain_queue(&url).await.is_empty(), "the queue is empty");
+    assert_eq!(function.calls()[0]["Records"][0]["eventSource"], "aws:sqs");
+}
