@@ -13,7 +13,7 @@ use serde_json::Value;
 use smallvec::SmallVec;
 use tracing::Instrument;
 
-use crate::batch::{Outcome, Outcomes, Redelivery};
+use crate::batch::{Outcome, Outcomes};
 use crate::deadline::Deadline;
 use crate::error::BatchError;
 use crate::faults::{FaultPublisher, PendingFault, now_millis};
@@ -460,17 +460,6 @@ impl Handler {
                     }
                 }
             }
-        }
-    }
-}
-
-// Redelivery is decided by the source.
-impl Decoded {
-    pub(crate) fn redelivery_of(source: &str) -> Redelivery {
-        match source {
-            "from_kinesis" | "from_dynamodb" => Redelivery::FromCheckpoint,
-            "from_sqs" | "from_sqs_sns_s3" => Redelivery::PerRecord,
-            _ => Redelivery::Whole,
         }
     }
 }

@@ -240,13 +240,3 @@ impl Pipeline<UnitOfWork<LambdaCall>> {
             })
     }
 }
-
-/// The JSON fields of an update: convenience for `to_update_request` functions.
-pub fn fields(pairs: &[(&str, Value)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
-    )
-}

@@ -124,17 +124,15 @@ impl EventBridge {
             .iter()
             .map(|e| serde_json::to_string(e).map_err(StepError::from))
             .collect();
+        let sendable: Vec<usize> = (0..events.len()).filter(|i| details[*i].is_ok()).collect();
         // EventBridge counts source, detail type, detail and resources in UTF-8 bytes
-        let sizes: Vec<usize> = events
+        let sendable_sizes: Vec<usize> = sendable
             .iter()
-            .zip(&details)
-            .map(|(e, d)| match d {
-                Ok(d) => self.source.len() + e.event_type().len() + d.len(),
-                Err(_) => 0,
+            .map(|&i| {
+                let detail = details[i].as_ref().map_or(0, String::len);
+                self.source.len() + events[i].event_type().len() + detail
             })
             .collect();
-        let sendable: Vec<usize> = (0..events.len()).filter(|i| details[*i].is_ok()).collect();
-        let sendable_sizes: Vec<usize> = sendable.iter().map(|i| sizes[*i]).collect();
         let results = send_all(&sendable_sizes, &self.limits, |idx| {
             let entries: Vec<PutEventsRequestEntry> = idx
                 .iter()

@@ -218,6 +218,16 @@ impl Decoded {
         }
     }
 
+    /// How the source redelivers what is not done: streams from a checkpoint, SQS per
+    /// message, the asynchronous sources as a whole invocation.
+    fn redelivery_of(source: &str) -> Redelivery {
+        match source {
+            "from_kinesis" | "from_dynamodb" => Redelivery::FromCheckpoint,
+            "from_sqs" | "from_sqs_sns_s3" => Redelivery::PerRecord,
+            _ => Redelivery::Whole,
+        }
+    }
+
     /// The units of work, in batch order.
     pub fn units(&self) -> &[UnitOfWork] {
         &self.units
