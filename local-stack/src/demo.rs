@@ -300,10 +300,13 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
         faults.len()
     );
     for f in &faults {
-        println!(
-            "  {}  {} / {}  {}: {}",
-            f.id, f.function, f.pipeline, f.error, f.message
-        );
+        // a fault's message usually starts with its error's name already
+        let reason = if f.message.starts_with(&f.error) {
+            f.message.clone()
+        } else {
+            format!("{}: {}", f.error, f.message)
+        };
+        println!("  {}  {} / {}  {reason}", f.id, f.function, f.pipeline);
     }
     println!("\n== Event source mappings and routes");
     for (key, c) in stack.activity.snapshot() {

@@ -365,16 +365,7 @@ pub async fn provision(
                 continue;
             }
             let shadow = format!("{name}-{target_id}-shadow");
-            let url = clients
-                .sqs
-                .create_queue()
-                .queue_name(&shadow)
-                .send()
-                .await
-                .map_err(Error::aws)?
-                .queue_url()
-                .unwrap_or_default()
-                .to_owned();
+            let url = create_queue(clients, &shadow).await?;
             let target = Target::builder()
                 .id(target_id)
                 .arn(arn("sqs", region, &shadow));
@@ -456,16 +447,7 @@ pub async fn rule_to_function(
 ) -> Result<Route, Error> {
     put_rule(clients, rule, bus, pattern).await?;
     let shadow = format!("{rule}-shadow");
-    let url = clients
-        .sqs
-        .create_queue()
-        .queue_name(&shadow)
-        .send()
-        .await
-        .map_err(Error::aws)?
-        .queue_url()
-        .unwrap_or_default()
-        .to_owned();
+    let url = create_queue(clients, &shadow).await?;
     put_target(
         clients,
         rule,
@@ -482,6 +464,18 @@ pub async fn rule_to_function(
         partition_key_path: None,
         queue_url: url,
     })
+}
+
+/// Creates (or finds) a plain SQS queue; its URL.
+async fn create_queue(clients: &Clients, name: &str) -> Result<String, Error> {
+    let out = clients
+        .sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(Error::aws)?;
+    Ok(out.queue_url().unwrap_or_default().to_owned())
 }
 
 fn key_schema(v: &Value) -> Result<Vec<KeySchemaElement>, Error> {

@@ -60,6 +60,18 @@ impl Activity {
     }
 }
 
+/// The URL of the SQS queue with this ARN.
+pub async fn queue_url(sqs: &aws_sdk_sqs::Client, arn: &str) -> Result<String, crate::Error> {
+    let name = arn.rsplit(':').next().unwrap_or(arn);
+    let out = sqs
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(crate::Error::aws)?;
+    Ok(out.queue_url().unwrap_or_default().to_owned())
+}
+
 /// The wait before retry `attempt` (1-based).
 pub fn retry_delay(attempt: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(2))

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::records::{sqs_filter_view, sqs_record};
-use super::{Activity, reported_failures};
+use super::{Activity, queue_url, reported_failures};
 use crate::Error;
 use crate::runtime::Invoke;
 use crate::spec::QueueMapping;
@@ -41,17 +41,7 @@ impl QueuePoller {
 
     /// Polls until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
-        let name = self.mapping.arn.rsplit(':').next().unwrap_or_default();
-        let url = self
-            .sqs
-            .get_queue_url()
-            .queue_name(name)
-            .send()
-            .await
-            .map_err(Error::aws)?
-            .queue_url()
-            .unwrap_or_default()
-            .to_owned();
+        let url = queue_url(&self.sqs, &self.mapping.arn).await?;
         loop {
             if *stop.borrow() {
                 return Ok(());

@@ -479,15 +479,8 @@ pub async fn send_to_queue_arn(
     arn: &str,
     body: &str,
 ) -> Result<(), Error> {
-    let name = arn.rsplit(':').next().unwrap_or(arn);
-    let url = sqs
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .map_err(Error::aws)?;
     sqs.send_message()
-        .queue_url(url.queue_url().unwrap_or_default())
+        .queue_url(super::queue_url(sqs, arn).await?)
         .message_body(body)
         .send()
         .await
