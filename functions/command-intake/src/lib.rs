@@ -189,9 +189,14 @@ impl Intake {
     /// Appends `cmd` to its stream once.
     pub async fn submit(&self, cmd: &Command) -> Result<Accepted, SubmitError> {
         let marker = format!("request#{}", cmd.request_id);
-        // a repeated request is answered from its marker without attempting a write: a
-        // cancelled transaction still consumes write capacity
-        if let Some(sequence) = self.read_sequence(&marker, "request").await? {
+        // a repeated request is answered from its marker without attempting a write (a
+        // cancelled transaction still consumes write capacity); the marker is read alongside
+        // the stream's sequence, so a new command waits for no extra round trip
+        let (seen, mut stream_read) = tokio::join!(
+            self.read_sequence(&marker, "request"),
+            self.read_sequence(&cmd.stream, "stream")
+        );
+        if let Some(sequence) = seen? {
             return Ok(Accepted {
                 request_id: cmd.request_id.clone(),
                 stream: cmd.stream.clone(),
@@ -201,10 +206,7 @@ impl Intake {
         }
         let mut delays = RETRY.delays();
         loop {
-            let current = self
-                .read_sequence(&cmd.stream, "stream")
-                .await?
-                .unwrap_or(0);
+            let current = stream_read?.unwrap_or(0);
             let next = current + 1;
             let now = now_millis();
             let put_marker = Put::builder()
@@ -300,7 +302,10 @@ impl Intake {
             // pause so racing writers do not collide in lockstep
             tracing::debug!(stream = %cmd.stream, next, ?reasons, "sequence taken, retrying");
             match delays.next() {
-                Some(delay) => tokio::time::sleep(delay).await,
+                Some(delay) => {
+                    tokio::time::sleep(delay).await;
+                    stream_read = self.read_sequence(&cmd.stream, "stream").await;
+                }
                 None => {
                     return Err(SubmitError::Unavailable(format!(
                         "stream `{}` is busy; retry with the same requestId",

@@ -74,13 +74,20 @@ async fn losing_the_race_for_a_sequence_reads_again_and_takes_the_next() {
 
 #[tokio::test]
 async fn a_repeated_request_id_answers_its_first_sequence_without_writing() {
-    // the marker says this request got 6
+    // the marker says this request got 6 (the stream, read alongside, is at 7)
     let marker = mock!(aws_sdk_dynamodb::Client::get_item)
         .match_requests(reads_marker)
         .then_output(|| item(6));
+    let stream = mock!(aws_sdk_dynamodb::Client::get_item)
+        .match_requests(|r| !reads_marker(r))
+        .then_output(|| item(7));
     let writes = mock!(aws_sdk_dynamodb::Client::transact_write_items)
         .then_output(|| TransactWriteItemsOutput::builder().build());
-    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&marker, &writes]);
+    let client = mock_client!(
+        aws_sdk_dynamodb,
+        RuleMode::MatchAny,
+        [&marker, &stream, &writes]
+    );
     let accepted = Intake::new(client, "commands")
         .submit(&command())
         .await
