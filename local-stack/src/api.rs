@@ -146,9 +146,9 @@ impl Endpoint {
 }
 
 fn percent_decode(s: &str) -> String {
-    s.replace("%3A", ":")
-        .replace("%3a", ":")
-        .replace("%24", "$")
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The API Gateway HTTP API (payload 2.0) event for a request.

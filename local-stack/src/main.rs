@@ -87,7 +87,8 @@ fn main() -> ExitCode {
         .try_init();
 
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-    let mut recorder = None;
+    // replay's function and, for a dry run, its recorder: set up before any thread starts
+    let mut replayed = None;
     if let Command::Replay {
         function, dry_run, ..
     } = &cli.command
@@ -101,13 +102,11 @@ fn main() -> ExitCode {
             // SAFETY: no other thread exists yet; the runtime is built below
             unsafe { std::env::set_var(k, v) };
         }
-        if *dry_run {
-            let r = Recorder::default();
+        let recorder = dry_run.then(Recorder::default);
+        if let Some(r) = &recorder {
             lambda_stream::aws::install(dry_run::config(r.clone()));
-            recorder = Some((spec, r));
-        } else {
-            recorder = Some((spec, Recorder::default()));
         }
+        replayed = Some((spec, recorder));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -127,11 +126,11 @@ fn main() -> ExitCode {
                 });
                 run_demo(&cli.template, &stack, Duration::from_secs(wait)).await
             }
-            Command::Replay { event, dry_run, .. } => {
-                let Some((spec, r)) = recorder else {
+            Command::Replay { event, .. } => {
+                let Some((spec, recorder)) = replayed else {
                     return ExitCode::FAILURE;
                 };
-                replay_cmd(&spec, &event, dry_run.then_some(&r)).await
+                replay_cmd(&spec, &event, recorder.as_ref()).await
             }
             Command::Faults(args) => {
                 let stack = cli.stack.as_deref().unwrap_or("local");

@@ -120,6 +120,14 @@ fn u64_of(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// `FunctionResponseTypes: [ReportBatchItemFailures]`.
+fn reports_failures(props: &Value) -> bool {
+    props
+        .get("FunctionResponseTypes")
+        .and_then(Value::as_array)
+        .is_some_and(|t| t.iter().any(|t| t == "ReportBatchItemFailures"))
+}
+
 fn filters(names: &Names, props: &Value) -> Result<Vec<Pattern>, Error> {
     let mut out = Vec::new();
     if let Some(list) = props
@@ -203,11 +211,6 @@ impl FunctionSpec {
                         } else {
                             StreamKind::DynamoDb
                         };
-                        let reports = |v: &Value| {
-                            v.get("FunctionResponseTypes")
-                                .and_then(Value::as_array)
-                                .is_some_and(|t| t.iter().any(|t| t == "ReportBatchItemFailures"))
-                        };
                         EventSource::Stream(StreamMapping {
                             id: event_id.clone(),
                             kind: stream_kind,
@@ -220,7 +223,7 @@ impl FunctionSpec {
                                     .unwrap_or(0)
                                     .max(0) as u64,
                             ),
-                            report_failures: reports(&p),
+                            report_failures: reports_failures(&p),
                             max_retries: u64_of(p.get("MaximumRetryAttempts"))
                                 .filter(|n| *n >= 0)
                                 .map(|n| n as u32),
@@ -241,10 +244,7 @@ impl FunctionSpec {
                         id: event_id.clone(),
                         arn: names.string(p.get("Queue").unwrap_or(&Value::Null))?,
                         batch_size: u64_of(p.get("BatchSize")).unwrap_or(10).clamp(1, 10) as usize,
-                        report_failures: p
-                            .get("FunctionResponseTypes")
-                            .and_then(Value::as_array)
-                            .is_some_and(|t| t.iter().any(|t| t == "ReportBatchItemFailures")),
+                        report_failures: reports_failures(&p),
                         filters: filters(names, &p)?,
                     }),
                     "HttpApi" | "Api" => EventSource::Http {
