@@ -9,12 +9,14 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
-MOTO_VERSION="${MOTO_VERSION:-5.2.5}"
+# the pin and the set-up are shared with lambda_stream::testing, which starts an emulator itself
+# when a plain `cargo test` runs without one
+requirements="$root/core/emulator/requirements.txt"
 
 if [ ! -x "$venv/bin/moto_server" ]; then
-  echo "emulator: installing moto[server]==$MOTO_VERSION into $venv" >&2
+  echo "emulator: installing $(cat "$requirements") into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
 fi
 
 port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -30,39 +32,12 @@ trap stop EXIT
 trap 'exit 130' INT TERM
 
 url="http://127.0.0.1:$port"
-if ! "$venv/bin/python" - "$url" <<'PY'
-import sys, time, urllib.request
-for _ in range(200):
-    try:
-        urllib.request.urlopen(sys.argv[1] + "/moto-api/", timeout=1)
-        sys.exit(0)
-    except Exception:
-        time.sleep(0.1)
-sys.exit(1)
-PY
-then
+# waits until it answers, runs Lambda without Docker, creates the tests' role
+if ! LAMBDA_TEST_ROLE_ARN=$("$venv/bin/python" "$root/core/emulator/setup.py" "$url"); then
   echo "emulator: moto server did not start; see $log" >&2
   exit 1
 fi
 echo "emulator: moto server on $url (log: $log)" >&2
-
-# Lambda functions "run" without Docker (moto echoes a synchronous invoke's payload), and
-# a role exists for the tests that create functions.
-LAMBDA_TEST_ROLE_ARN=$("$venv/bin/python" - "$url" <<'PY'
-import json, sys, urllib.request
-import boto3
-url = sys.argv[1]
-urllib.request.urlopen(urllib.request.Request(
-    url + "/moto-api/config", method="POST", headers={"Content-Type": "application/json"},
-    data=json.dumps({"lambda": {"use_docker": False}}).encode()))
-iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
-                   aws_access_key_id="testing", aws_secret_access_key="testing")
-trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-         "Principal": {"Service": "lambda.amazonaws.com"}}]}
-role = iam.create_role(RoleName="lambda-stream-test", AssumeRolePolicyDocument=json.dumps(trust))
-print(role["Role"]["Arn"])
-PY
-)
 export LAMBDA_TEST_ROLE_ARN
 
 export AWS_ENDPOINT_URL="$url"

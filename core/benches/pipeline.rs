@@ -2,6 +2,10 @@
 //! `from_kinesis`, event-type filter, map to an update request, in-memory sink, outcome and
 //! response) against the floor (deserializing the Lambda event and decoding each record's data
 //! into an `Event`, nothing else). Read the two as a ratio from the same run.
+//!
+//! The same pipeline guarded by an idempotency store (in memory, so what is measured is the
+//! guard's own work: a claim per unit, the settling pass), on a first delivery and on a
+//! redelivery of the whole batch (every unit completed, found in the container's cache).
 
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
@@ -9,9 +13,11 @@ use std::time::Duration;
 
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use lambda_stream::sources::KinesisBatch;
-use lambda_stream::testing::{MemoryFaults, context, to_kinesis_records};
-use lambda_stream::{Event, Handler, Pipeline, StepError, UnitOfWork};
+use lambda_stream::idempotency::Idempotency;
+use lambda_stream::sources;
+use lambda_stream::sources::KinesisRecords;
+use lambda_stream::testing::{MemoryFaults, MemoryIdempotency, context, to_kinesis_records};
+use lambda_stream::{Event, Handler, IntoPipeline, Pipeline, StepError, UnitOfWork};
 use serde_json::{Map, Value, json};
 
 // The allocator a Lambda binary of ours uses (see functions/); glibc malloc spends a third of
@@ -104,21 +110,29 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let sink: Arc<Mutex<Vec<UpdateRequest>>> = Arc::new(Mutex::new(Vec::with_capacity(RECORDS)));
-    let s = sink.clone();
+    let materialize = |sink: &Arc<Mutex<Vec<UpdateRequest>>>| {
+        let s = sink.clone();
+        Pipeline::new("materialize-thing")
+            .on_event_type(["thing-created", "thing-updated"])
+            .map(to_update_request)
+            .then(move |uow: UnitOfWork<UpdateRequest>| {
+                let s = s.clone();
+                async move {
+                    Ok::<_, StepError>(uow.map_state(|state| s.lock().unwrap().push(state)))
+                }
+            })
+    };
     let handler = Handler::builder(MemoryFaults::default())
-        .pipeline(
-            Pipeline::new("materialize-thing")
-                .on_event_type(["thing-created", "thing-updated"])
-                .map(to_update_request)
-                .then(move |uow: UnitOfWork<UpdateRequest>| {
-                    let s = s.clone();
-                    async move {
-                        Ok::<_, StepError>(uow.map_state(|state| s.lock().unwrap().push(state)))
-                    }
-                }),
-        )
+        .pipeline(materialize(&sink))
         .build()
         .unwrap();
+    let guarded = |cache: usize| {
+        let guard = Idempotency::new(MemoryIdempotency::default()).cache(cache);
+        Handler::builder(MemoryFaults::default())
+            .pipeline(materialize(&sink).into_pipeline().idempotent(guard))
+            .build()
+            .unwrap()
+    };
     let ctx = context(Duration::from_secs(900));
 
     let mut group = c.benchmark_group("kinesis-5000x1KB");
@@ -137,8 +151,10 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("pipeline: handler end to end", |b| {
         b.iter(|| {
-            let batch: KinesisBatch = serde_json::from_slice(black_box(&bytes)).unwrap();
-            let response = rt.block_on(handler.kinesis(batch, &ctx)).unwrap();
+            let batch: KinesisRecords = serde_json::from_slice(black_box(&bytes)).unwrap();
+            let response = rt
+                .block_on(handler.handle::<sources::Kinesis>(batch, &ctx))
+                .unwrap();
             assert!(response.batch_item_failures.is_empty());
             let written = std::mem::take(&mut *sink.lock().unwrap());
             assert_eq!(written.len(), RECORDS * 9 / 10);
@@ -148,6 +164,34 @@ fn bench(c: &mut Criterion) {
                 written[0].expression.len(),
                 written[0].values.len(),
             ))
+        })
+    });
+    group.bench_function("guarded: first delivery (claim + settle)", |b| {
+        b.iter_batched(
+            || guarded(0),
+            |handler| {
+                let batch: KinesisRecords = serde_json::from_slice(black_box(&bytes)).unwrap();
+                let response = rt
+                    .block_on(handler.handle::<sources::Kinesis>(batch, &ctx))
+                    .unwrap();
+                assert!(response.batch_item_failures.is_empty());
+                let written = std::mem::take(&mut *sink.lock().unwrap());
+                assert_eq!(written.len(), RECORDS * 9 / 10);
+                black_box(written.len())
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let redelivered = guarded(RECORDS);
+    group.bench_function("guarded: redelivery (all completed, cached)", |b| {
+        b.iter(|| {
+            let batch: KinesisRecords = serde_json::from_slice(black_box(&bytes)).unwrap();
+            let response = rt
+                .block_on(redelivered.handle::<sources::Kinesis>(batch, &ctx))
+                .unwrap();
+            assert!(response.batch_item_failures.is_empty());
+            let written = std::mem::take(&mut *sink.lock().unwrap()).len();
+            black_box(written)
         })
     });
     group.finish();

@@ -141,4 +141,16 @@ pub enum BatchError {
     /// invocation so Lambda's asynchronous retry delivers it again.
     #[error("{0} record(s) must be retried; failing the invocation so it is delivered again")]
     Retry(usize),
+    /// The invocation began with no more time than the deadline margin, so nothing could ever
+    /// start: a configuration error (the margin against the function's timeout), reported
+    /// rather than retrying every record in silence.
+    #[error(
+        "the invocation had {remaining_ms} ms, no more than the deadline margin of {margin_ms} ms (DEADLINE_MARGIN_MS): nothing can start; lower the margin or raise the function's timeout"
+    )]
+    NoTime {
+        /// Time the invocation had when it began.
+        remaining_ms: u64,
+        /// The handler's deadline margin.
+        margin_ms: u64,
+    },
 }

@@ -223,7 +223,10 @@ pub struct FaultEvent {
     /// Always [`FAULT_EVENT_TYPE`].
     #[serde(rename = "type")]
     pub event_type: String,
-    /// Epoch milliseconds when the fault was raised.
+    /// Epoch milliseconds of the faulted event (the earliest, for several records), or of the
+    /// record's arrival when it did not decode: the same fault raised again (after a
+    /// redelivery, or a publish that failed) has the same id and the same time, so it is
+    /// stored once.
     pub timestamp: i64,
     /// The partition key of the failed unit, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,6 +237,20 @@ pub struct FaultEvent {
     pub err: ErrorInfo,
     /// The original record(s).
     pub uow: FaultUow,
+    /// Present when the fault was too large to publish whole: its records were trimmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trimmed: Option<Trimmed>,
+}
+
+/// How a fault too large to publish was trimmed (see [`FaultEvent::trimmed`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trimmed {
+    /// The size of the whole fault event's JSON, in bytes.
+    pub original_bytes: usize,
+    /// Where the whole fault is stored (its key in the fault store), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<String>,
 }
 
 impl FaultEvent {
@@ -305,6 +322,7 @@ mod tests {
             uow: FaultUow::Record {
                 record: json!({"eventID": "r1"}),
             },
+            trimmed: None,
         };
         let wire = serde_json::to_value(&fault).unwrap();
         assert_eq!(wire["type"], "fault");

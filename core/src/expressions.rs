@@ -140,6 +140,26 @@ pub fn pk_condition(pk: &str) -> Expression {
     e
 }
 
+/// A condition that the stored item is absent or an older version (`field` lower than
+/// `version`): a row is only ever replaced by a higher version, so any order of delivery, any
+/// redelivery and any duplicate give the same final row. A lower or equal version is skipped
+/// as a success (stale).
+///
+/// ```
+/// let e = lambda_stream::expressions::version_condition("version", 3);
+/// assert_eq!(e.condition.as_deref(), Some("attribute_not_exists(#ver) OR #ver < :ver"));
+/// assert_eq!(e.values[":ver"], 3);
+/// assert!(e.stale_on_condition_failure);
+/// ```
+pub fn version_condition(field: &str, version: u64) -> Expression {
+    let mut e = Expression::default();
+    e.names.insert("#ver".into(), field.to_owned());
+    e.values.insert(":ver".into(), Value::from(version));
+    e.condition = Some("attribute_not_exists(#ver) OR #ver < :ver".into());
+    e.stale_on_condition_failure = true;
+    e
+}
+
 /// A DynamoDB TTL value (epoch seconds): `days` after `start` (epoch milliseconds).
 ///
 /// ```

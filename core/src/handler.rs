@@ -1,27 +1,33 @@
 //! The handler: runs a batch through the pipelines and answers Lambda.
 
 use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::eventbridge::EventBridgeEvent;
-use aws_lambda_events::event::sqs::SqsBatchResponse;
-use aws_lambda_events::event::streams::{DynamoDbEventResponse, KinesisEventResponse};
 use futures::future::join_all;
+use futures::stream::{self, BoxStream, StreamExt};
 use lambda_runtime::Context;
-use serde_json::Value;
-use smallvec::SmallVec;
+use std::future::ready;
 use tracing::Instrument;
 
-use crate::batch::{Outcome, Outcomes};
-use crate::deadline::Deadline;
+use crate::breaker::CircuitBreaker;
+use crate::deadline::{self, Deadline};
+use crate::delivery;
 use crate::error::BatchError;
-use crate::faults::{FaultPublisher, PendingFault, now_millis};
-use crate::pipeline::{AssembledPipeline, Cause, IntoPipeline, StageCtx, Verdict};
-use crate::sources::{
-    Decoded, DynamoDbBatch, DynamoDbOptions, KinesisBatch, S3Batch, SnsBatch, SqsBatch,
-    from_dynamodb, from_eventbridge, from_kinesis, from_s3, from_sns, from_sqs, from_sqs_sns_s3,
+use crate::event::FaultEvent;
+use crate::faults::{self, FaultPublisher, FaultStore, PendingFault, storage_id, storage_key};
+use crate::outcome::Outcome;
+use crate::pipeline::{
+    AssembledPipeline, BLOCKED, Blocked, IntoPipeline, KeyGate, NOT_STARTED, RunCtx, Takers,
+    panic_error,
 };
+use crate::response::Outcomes;
+use crate::settings::Settings;
+use crate::sources::{DecodeOptions, Decoded, DynamoDbOptions, Source};
+use crate::uow::{UnitOfWork, anchor_of, keys_of};
+
+type Items<T> = BoxStream<'static, T>;
 
 /// The handler could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +35,17 @@ pub enum ConfigError {
     /// Two pipelines share an id; faults and logs could not tell them apart.
     #[error("two pipelines have the id `{0}`")]
     DuplicatePipeline(String),
+    /// The deadline margin leaves no time to publish faults, or more than any Lambda has.
+    #[error(
+        "deadline margin of {0} ms: it must be at least 100 ms (time to publish faults and answer) and under 15 minutes"
+    )]
+    Margin(u128),
+    /// A pipeline waits for every unit (`group_by`, `compact`), which order per key across
+    /// pipelines cannot allow: a key's next unit only enters once the previous one is out.
+    #[error(
+        "pipeline `{0}` groups or compacts, which cannot keep order per key across pipelines (in_key_order)"
+    )]
+    GathersInKeyOrder(String),
 }
 
 /// What one invocation knows about itself.
@@ -54,28 +71,37 @@ pub struct Invocation {
 ///     .build()
 ///     .unwrap();
 /// let batch = to_kinesis_records(&[Event::new("1", "thing-created", 1).with_partition_key("t1")]);
-/// let response = handler.kinesis(batch, &context(Duration::from_secs(30))).await.unwrap();
+/// let response = handler.handle::<lambda_stream::sources::Kinesis>(batch, &context(Duration::from_secs(30))).await.unwrap();
 /// assert!(response.batch_item_failures.is_empty());
 /// # });
 /// ```
 pub struct Handler {
     pipelines: Vec<AssembledPipeline>,
     faults: Arc<dyn FaultPublisher>,
+    store: Option<Arc<dyn FaultStore>>,
+    key_order: bool,
     margin: Duration,
-    dynamodb: DynamoDbOptions,
+    decode: DecodeOptions,
     function_name: Option<String>,
+    settings: Arc<Settings>,
+    breaker: Option<Arc<CircuitBreaker>>,
 }
 
-/// Builds a [`Handler`]. Defaults come from the environment: `ENABLED_PIPELINES` and
-/// `DISABLED_PIPELINES` (comma-separated ids), `DEADLINE_MARGIN_MS` (default 1000).
+/// Builds a [`Handler`]. [`settings`](Self::settings) gives it what the environment says
+/// (margin, pipelines switched on and off, function name, region, default parallelism); the
+/// other methods set one thing each.
 pub struct HandlerBuilder {
     pipelines: Vec<AssembledPipeline>,
     faults: Arc<dyn FaultPublisher>,
+    store: Option<Arc<dyn FaultStore>>,
+    key_order: bool,
     margin: Duration,
-    dynamodb: DynamoDbOptions,
+    decode: DecodeOptions,
     function_name: Option<String>,
     enabled: Option<HashSet<String>>,
     disabled: HashSet<String>,
+    settings: Arc<Settings>,
+    breaker: Option<Arc<CircuitBreaker>>,
 }
 
 fn id_list(list: &str) -> HashSet<String> {
@@ -86,32 +112,43 @@ fn id_list(list: &str) -> HashSet<String> {
         .collect()
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
 impl Handler {
     /// Starts a handler whose fault events go to `faults`.
     pub fn builder(faults: impl FaultPublisher + 'static) -> HandlerBuilder {
         HandlerBuilder {
             pipelines: Vec::new(),
             faults: Arc::new(faults),
-            margin: Duration::from_millis(
-                env("DEADLINE_MARGIN_MS")
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(1000),
-            ),
-            dynamodb: DynamoDbOptions::default(),
-            function_name: env("AWS_LAMBDA_FUNCTION_NAME"),
-            enabled: env("ENABLED_PIPELINES").map(|l| id_list(&l)),
-            disabled: env("DISABLED_PIPELINES")
-                .map(|l| id_list(&l))
-                .unwrap_or_default(),
+            store: None,
+            key_order: false,
+            margin: Settings::default().deadline_margin,
+            decode: DecodeOptions::default(),
+            function_name: None,
+            enabled: None,
+            disabled: HashSet::new(),
+            settings: Arc::new(Settings::default()),
+            breaker: None,
         }
     }
 }
 
 impl HandlerBuilder {
+    /// Takes the handler's defaults from `settings` (read once, with
+    /// [`Settings::from_env`]): the deadline margin, the pipelines switched on and off, the
+    /// function's name and region, and the parallelism and standard tags pipelines use. Call it
+    /// first; the other methods override what it set.
+    pub fn settings(mut self, settings: &Settings) -> Self {
+        self.margin = settings.deadline_margin;
+        self.function_name.clone_from(&settings.function_name);
+        self.enabled = settings
+            .enabled_pipelines
+            .as_ref()
+            .map(|ids| ids.iter().cloned().collect());
+        self.disabled = settings.disabled_pipelines.iter().cloned().collect();
+        self.decode.dynamodb.region.clone_from(&settings.region);
+        self.settings = Arc::new(settings.clone());
+        self
+    }
+
     /// Adds a pipeline (or a flavor's rule).
     pub fn pipeline(mut self, pipeline: impl IntoPipeline) -> Self {
         self.pipelines.push(pipeline.into_pipeline());
@@ -125,7 +162,39 @@ impl HandlerBuilder {
         self
     }
 
-    /// Time kept back before the Lambda deadline: no new work starts within it.
+    /// Where whole faults go when they cannot be published as they are (too large, or
+    /// rejected for good): the fault monitor's bucket, at the key the monitor would use. See
+    /// [`faults`].
+    pub fn fault_store(mut self, store: impl FaultStore + 'static) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Applies each key's records one at a time, in batch order, across every pipeline: a
+    /// record enters the pipelines that accept it only once the key's previous record has
+    /// finished in all the pipelines that accepted that one, and a retry in any pipeline stops
+    /// the key's later records in all of them. Without it, order is kept per pipeline (and per
+    /// step). Pipelines that group or compact cannot be ordered so (`ConfigError`).
+    ///
+    /// ```
+    /// use lambda_stream::{Handler, Pipeline, testing::MemoryFaults};
+    ///
+    /// let handler = Handler::builder(MemoryFaults::default())
+    ///     .in_key_order()
+    ///     .pipeline(Pipeline::new("upserts").on_event_type(["thing-created", "thing-updated"]))
+    ///     .pipeline(Pipeline::new("deletes").on_event_type("thing-deleted"))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = handler;
+    /// ```
+    pub fn in_key_order(mut self) -> Self {
+        self.key_order = true;
+        self
+    }
+
+    /// Time kept back before the Lambda deadline (at least 100 ms): no new work starts within
+    /// it, running steps are abandoned halfway through it, and fault publishing ends a tenth
+    /// before the deadline (see [`Deadline`]).
     pub fn deadline_margin(mut self, margin: Duration) -> Self {
         self.margin = margin;
         self
@@ -133,7 +202,7 @@ impl HandlerBuilder {
 
     /// How DynamoDB stream records are read.
     pub fn dynamodb_options(mut self, options: DynamoDbOptions) -> Self {
-        self.dynamodb = options;
+        self.decode.dynamodb = options;
         self
     }
 
@@ -143,24 +212,37 @@ impl HandlerBuilder {
         self
     }
 
-    /// Runs only these pipelines (comma-separated ids), overriding `ENABLED_PIPELINES`.
+    /// Runs only these pipelines (comma-separated ids), overriding the settings'.
     pub fn enabled_pipelines(mut self, ids: &str) -> Self {
         self.enabled = Some(id_list(ids));
         self
     }
 
-    /// Never runs these pipelines (comma-separated ids), overriding `DISABLED_PIPELINES`.
+    /// Never runs these pipelines (comma-separated ids), overriding the settings'.
     pub fn disabled_pipelines(mut self, ids: &str) -> Self {
         self.disabled = id_list(ids);
         self
     }
 
+    /// Watches every batch with `breaker`: when it trips, the function's own event source
+    /// mapping is switched off or its batch size lowered (see [`crate::breaker`]).
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(Arc::new(breaker));
+        self
+    }
+
     /// The handler, with the switched-off pipelines left out.
     pub fn build(self) -> Result<Handler, ConfigError> {
+        if self.margin < Duration::from_millis(100) || self.margin >= Duration::from_secs(900) {
+            return Err(ConfigError::Margin(self.margin.as_millis()));
+        }
         let mut seen = HashSet::new();
         for p in &self.pipelines {
             if !seen.insert(p.id.clone()) {
                 return Err(ConfigError::DuplicatePipeline(p.id.to_string()));
+            }
+            if self.key_order && p.gathers {
+                return Err(ConfigError::GathersInKeyOrder(p.id.to_string()));
             }
         }
         let (enabled, disabled) = (self.enabled, self.disabled);
@@ -179,14 +261,32 @@ impl HandlerBuilder {
         Ok(Handler {
             pipelines,
             faults: self.faults,
+            store: self.store,
+            key_order: self.key_order,
             margin: self.margin,
-            dynamodb: self.dynamodb,
+            decode: self.decode,
             function_name: self.function_name,
+            settings: self.settings,
+            breaker: self.breaker,
         })
     }
 }
 
 impl Handler {
+    /// The handler with a fault store (as [`HandlerBuilder::fault_store`]), for a handler
+    /// built elsewhere.
+    pub fn with_fault_store(mut self, store: impl FaultStore + 'static) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The handler with a circuit breaker (as [`HandlerBuilder::circuit_breaker`]), for a
+    /// handler built elsewhere.
+    pub fn with_circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(Arc::new(breaker));
+        self
+    }
+
     /// The ids of the pipelines this handler runs.
     pub fn pipeline_ids(&self) -> Vec<&str> {
         self.pipelines.iter().map(|p| p.id()).collect()
@@ -207,121 +307,56 @@ impl Handler {
         }
     }
 
-    /// Handles a Kinesis event.
-    pub async fn kinesis(
-        &self,
-        event: impl Into<KinesisBatch>,
-        ctx: &Context,
-    ) -> Result<KinesisEventResponse, BatchError> {
-        let outcomes = self
-            .process(from_kinesis(event), &self.invocation(ctx))
-            .await;
-        outcomes.kinesis_response()
+    /// The invocation, refusing one that began with no more time than the margin.
+    fn start(&self, ctx: &Context) -> Result<Invocation, BatchError> {
+        let invocation = self.invocation(ctx);
+        if let Some((remaining, margin)) = invocation.deadline.no_room() {
+            let err = BatchError::NoTime {
+                remaining_ms: remaining.as_millis() as u64,
+                margin_ms: margin.as_millis() as u64,
+            };
+            tracing::error!(error = %err, "configuration error");
+            return Err(err);
+        }
+        Ok(invocation)
     }
 
-    /// Handles a DynamoDB stream event.
-    pub async fn dynamodb(
-        &self,
-        event: impl Into<DynamoDbBatch>,
-        ctx: &Context,
-    ) -> Result<DynamoDbEventResponse, BatchError> {
-        let decoded = from_dynamodb(event, &self.dynamodb);
-        let outcomes = self.process(decoded, &self.invocation(ctx)).await;
-        outcomes.dynamodb_response()
-    }
-
-    /// Handles an SQS event whose bodies are events (or SNS notifications of events).
-    pub async fn sqs(
-        &self,
-        event: impl Into<SqsBatch>,
-        ctx: &Context,
-    ) -> Result<SqsBatchResponse, BatchError> {
-        let outcomes = self.process(from_sqs(event), &self.invocation(ctx)).await;
-        outcomes.sqs_response()
-    }
-
-    /// Handles an SQS event carrying S3 notifications through SNS.
-    pub async fn sqs_sns_s3(
-        &self,
-        event: impl Into<SqsBatch>,
-        ctx: &Context,
-    ) -> Result<SqsBatchResponse, BatchError> {
-        let outcomes = self
-            .process(from_sqs_sns_s3(event), &self.invocation(ctx))
-            .await;
-        outcomes.sqs_response()
-    }
-
-    /// Handles an SNS event; any retry fails the invocation.
-    pub async fn sns(&self, event: impl Into<SnsBatch>, ctx: &Context) -> Result<(), BatchError> {
-        let outcomes = self.process(from_sns(event), &self.invocation(ctx)).await;
-        outcomes.async_result()
-    }
-
-    /// Handles an S3 notification event; any retry fails the invocation.
-    pub async fn s3(&self, event: impl Into<S3Batch>, ctx: &Context) -> Result<(), BatchError> {
-        let outcomes = self.process(from_s3(event), &self.invocation(ctx)).await;
-        outcomes.async_result()
-    }
-
-    /// Handles an EventBridge event; a retry fails the invocation.
-    pub async fn eventbridge(
-        &self,
-        event: EventBridgeEvent<Value>,
-        ctx: &Context,
-    ) -> Result<(), BatchError> {
-        let outcomes = self
-            .process(from_eventbridge(event), &self.invocation(ctx))
-            .await;
-        outcomes.async_result()
-    }
-
-    /// Decodes a captured Lambda event (its JSON) by its source, as this handler's entry points
-    /// would: Kinesis, DynamoDB, SQS (events or SNS notifications in the body), SNS, S3 or
-    /// EventBridge. For replaying a batch with [`Handler::process`].
+    /// Handles one Lambda event of source `S`: decodes its records, runs them through every
+    /// pipeline that accepts them, publishes the faults, and answers as `S` answers (a partial
+    /// batch response, or an error that fails the invocation so it is delivered again).
     ///
     /// ```
-    /// # use lambda_stream::{Handler, testing::MemoryFaults};
-    /// let handler = Handler::builder(MemoryFaults::default()).build().unwrap();
-    /// let sqs = br#"{"Records":[{"messageId":"m1","body":"{\"id\":\"1\",\"type\":\"t\",\"timestamp\":1}","eventSource":"aws:sqs"}]}"#;
-    /// assert_eq!(handler.decode_json(sqs).unwrap().records().len(), 1);
-    /// assert!(handler.decode_json(b"{}").is_err());
+    /// use lambda_stream::{Event, Handler, Pipeline, sources, testing::*};
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let handler = Handler::builder(MemoryFaults::default()).pipeline(Pipeline::new("p1")).build().unwrap();
+    /// let batch = to_kinesis_records(&[Event::new("1", "thing-created", 1)]);
+    /// let response = handler.handle::<sources::Kinesis>(batch, &context(Duration::from_secs(30))).await.unwrap();
+    /// assert!(response.batch_item_failures.is_empty());
+    /// # });
     /// ```
-    pub fn decode_json(&self, event: &[u8]) -> Result<Decoded, String> {
-        let value: Value =
-            serde_json::from_slice(event).map_err(|e| format!("the event is not JSON: {e}"))?;
-        let source = value
-            .pointer("/Records/0/eventSource")
-            .or_else(|| value.pointer("/Records/0/EventSource"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let parse = |what: &str, e: serde_json::Error| format!("not a {what} event: {e}");
-        Ok(match source.as_deref() {
-            Some("aws:kinesis") => from_kinesis(
-                serde_json::from_value::<KinesisBatch>(value).map_err(|e| parse("Kinesis", e))?,
-            ),
-            Some("aws:dynamodb") => from_dynamodb(
-                serde_json::from_value::<DynamoDbBatch>(value).map_err(|e| parse("DynamoDB", e))?,
-                &self.dynamodb,
-            ),
-            Some("aws:sqs") => {
-                from_sqs(serde_json::from_value::<SqsBatch>(value).map_err(|e| parse("SQS", e))?)
+    pub async fn handle<S: Source>(
+        &self,
+        event: impl Into<S::Event>,
+        ctx: &Context,
+    ) -> Result<S::Response, BatchError> {
+        let invocation = self.start(ctx)?;
+        let outcomes = self
+            .process(S::decode(event.into(), &self.decode), &invocation)
+            .await;
+        if let Some(breaker) = &self.breaker {
+            let observe = breaker.observe(&outcomes, &invocation.function_name);
+            match invocation.deadline.publish_by() {
+                Some(by) => {
+                    if tokio::time::timeout_at(by, observe).await.is_err() {
+                        tracing::error!("deadline: the circuit breaker did not finish in time");
+                    }
+                }
+                None => observe.await,
             }
-            Some("aws:sns") => {
-                from_sns(serde_json::from_value::<SnsBatch>(value).map_err(|e| parse("SNS", e))?)
-            }
-            Some("aws:s3") => {
-                from_s3(serde_json::from_value::<S3Batch>(value).map_err(|e| parse("S3", e))?)
-            }
-            _ if value.get("detail-type").is_some() => from_eventbridge(
-                serde_json::from_value(value).map_err(|e| parse("EventBridge", e))?,
-            ),
-            other => {
-                return Err(format!(
-                    "unknown event source {other:?}: expected Records[].eventSource of aws:kinesis, aws:dynamodb, aws:sqs, aws:sns or aws:s3, or an EventBridge event"
-                ));
-            }
-        })
+        }
+        S::respond(&outcomes)
     }
 
     /// Runs decoded records through every pipeline that accepts them, publishes the faults and
@@ -333,72 +368,147 @@ impl Handler {
 
         for (position, err) in &decoded.failures {
             outcomes[*position as usize] = Outcome::Faulted;
-            faults.push(PendingFault {
-                positions: SmallVec::from_elem(*position, 1),
-                pipeline: Arc::from(decoded.source),
-                cause: Cause {
-                    name: "DecodeError".into(),
-                    message: err.to_string(),
-                    stack: err.to_string(),
-                },
-                partition_key: None,
-            });
+            faults.push(PendingFault::decode(*position, decoded.source, err));
         }
 
-        let runs = self.pipelines.iter().filter_map(|p| {
-            let units: Vec<_> = decoded
-                .units
-                .iter()
-                .filter(|u| p.rule.accepts(u))
-                .cloned()
-                .collect();
-            if units.is_empty() {
-                return None;
+        let deadline = invocation.deadline;
+        let shared_blocked = Arc::new(Blocked::default());
+        let mut ctxs = Vec::with_capacity(self.pipelines.len());
+        let mut accepted: Vec<Vec<UnitOfWork>> = Vec::with_capacity(self.pipelines.len());
+        let mut takers: Vec<Takers> = vec![Takers::new(); decoded.units.len()];
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let blocked = if self.key_order {
+                Arc::clone(&shared_blocked)
+            } else {
+                Arc::new(Blocked::default())
+            };
+            let ctx = Arc::new(RunCtx::new(
+                Arc::clone(&p.id),
+                deadline,
+                decoded.units.len(),
+                blocked,
+                Arc::clone(&self.settings),
+            ));
+            let mut units = Vec::new();
+            for u in &decoded.units {
+                // a rule's predicates are user code: a panic faults the unit in this pipeline
+                match catch_unwind(AssertUnwindSafe(|| p.rule.accepts(u))) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        ctx.accept(u.shared.unit);
+                        takers[u.shared.unit as usize].push(i as u16);
+                        units.push(u.clone());
+                    }
+                    Err(panic) => {
+                        ctx.accept(u.shared.unit);
+                        ctx.fault(anchor_of(u), panic_error(panic));
+                    }
+                }
             }
-            let accepted = units.len();
-            let ctx = Arc::new(StageCtx::new(Arc::clone(&p.id), invocation.deadline));
-            let run = (p.run)(Arc::clone(&ctx), units);
+            ctxs.push(ctx);
+            accepted.push(units);
+        }
+        let sources: Vec<Items<UnitOfWork>> = if self.key_order {
+            let (gate, receivers) = KeyGate::new(&decoded.units, takers, self.pipelines.len());
+            let gate = Arc::new(gate);
+            ctxs.iter()
+                .zip(receivers)
+                .map(|(ctx, rx)| {
+                    ctx.set_gate(Arc::clone(&gate));
+                    let ctx = Arc::clone(ctx);
+                    // a key blocked by a retry in any pipeline, or a deadline passed while the
+                    // unit waited for its turn: it does not start
+                    rx.filter_map(move |u| {
+                        ready(if ctx.blocked(&keys_of(&u)) {
+                            ctx.not_started(&u, BLOCKED);
+                            None
+                        } else if ctx.deadline.passed() {
+                            ctx.not_started(&u, NOT_STARTED);
+                            None
+                        } else {
+                            Some(u)
+                        })
+                    })
+                    .boxed()
+                })
+                .collect()
+        } else {
+            accepted
+                .iter_mut()
+                .map(|units| stream::iter(std::mem::take(units)).boxed())
+                .collect()
+        };
+        let mut runs = Vec::with_capacity(self.pipelines.len());
+        for ((p, ctx), source) in self.pipelines.iter().zip(&ctxs).zip(sources) {
             let span = tracing::info_span!("pipeline", id = %p.id);
-            Some(
+            let run = (p.run)(Arc::clone(ctx), source);
+            runs.push(
                 async move {
-                    let reached_end = run.await;
-                    tracing::debug!(accepted, reached_end, "pipeline finished");
-                    ctx
+                    run.await;
+                    tracing::debug!("pipeline finished");
                 }
                 .instrument(span),
-            )
-        });
-        for ctx in join_all(runs).await {
-            for entry in ctx.take_entries() {
-                let positions: SmallVec<[u32; 1]> = entry.anchor.iter().map(|o| o.index).collect();
-                match entry.verdict {
-                    Verdict::Retry => {
-                        for p in &positions {
-                            outcomes[*p as usize] = Outcome::Retry;
-                        }
+            );
+        }
+        if !runs.is_empty() {
+            let all = deadline::bounded(deadline.start_by(), join_all(runs));
+            match deadline.cut_at() {
+                Some(cut) => {
+                    if tokio::time::timeout_at(cut, all).await.is_err() {
+                        tracing::warn!(
+                            "deadline: steps still running are abandoned; their records will be retried"
+                        );
                     }
-                    Verdict::Fault(cause) => {
-                        for p in &positions {
-                            let o = &mut outcomes[*p as usize];
-                            *o = (*o).max(Outcome::Faulted);
-                        }
-                        faults.push(PendingFault {
-                            partition_key: entry
-                                .anchor
-                                .first()
-                                .and_then(|o| o.partition_key())
-                                .map(str::to_owned),
-                            positions,
-                            pipeline: Arc::clone(&ctx.pipeline),
-                            cause,
-                        });
-                    }
+                }
+                None => {
+                    all.await;
                 }
             }
         }
+        for ctx in &ctxs {
+            for (unit, outcome) in ctx.outcomes() {
+                let o = &mut outcomes[decoded.units[unit].shared.index as usize];
+                *o = (*o).max(outcome);
+            }
+            faults.extend(
+                ctx.take_faults()
+                    .into_iter()
+                    .map(|f| PendingFault::raised(f, &ctx.pipeline)),
+            );
+        }
 
-        self.publish_faults(&decoded, invocation, &mut outcomes, faults)
+        self.settle_faults(&decoded, invocation, &mut outcomes, faults)
             .await;
+
+        // then claims settle, knowing which records end faulted and which come back
+        let finishers: Vec<_> = ctxs
+            .iter()
+            .flat_map(|ctx| ctx.take_finishers().into_iter().map(move |f| (ctx, f)))
+            .collect();
+        if !finishers.is_empty() {
+            let finals: Arc<Vec<Outcome>> = Arc::new(
+                decoded
+                    .units
+                    .iter()
+                    .map(|u| outcomes[u.shared.index as usize])
+                    .collect(),
+            );
+            let all = join_all(
+                finishers
+                    .into_iter()
+                    .map(|(ctx, f)| f(Arc::clone(ctx), Arc::clone(&finals))),
+            );
+            match deadline.publish_by() {
+                Some(by) => {
+                    if tokio::time::timeout_at(by, all).await.is_err() {
+                        tracing::error!("deadline: idempotency marks not all written in time");
+                    }
+                }
+                None => {
+                    all.await;
+                }
+            }
+        }
 
         let outcomes = Outcomes {
             outcomes,
@@ -417,48 +527,138 @@ impl Handler {
         outcomes
     }
 
-    /// Publishes the faults of records Lambda will not deliver again (the others fault again
-    /// on redelivery, so publishing now would double them); a fault that fails to publish turns
-    /// its records to retry.
-    async fn publish_faults(
+    /// Publishes the faults of records Lambda will not deliver again (the others are raised
+    /// again on redelivery; a fault with any such record waits whole), within the publishing
+    /// budget. What is not confirmed in time turns its records to retry.
+    async fn settle_faults(
         &self,
         decoded: &Decoded,
         invocation: &Invocation,
         outcomes: &mut [Outcome],
         faults: Vec<PendingFault>,
     ) {
-        if faults.is_empty() {
-            return;
-        }
-        let redelivered = Outcomes::redelivered_by(outcomes, decoded.redelivery);
-        let (publish, deferred): (Vec<_>, Vec<_>) = faults
-            .into_iter()
-            .partition(|f| !f.positions.iter().all(|p| redelivered[*p as usize]));
-        for f in &deferred {
-            for p in &f.positions {
-                outcomes[*p as usize] = Outcome::Retry;
-            }
-        }
+        let positions: Vec<&[u32]> = faults.iter().map(|f| f.positions.as_slice()).collect();
+        let deferred =
+            delivery::defer_faults(outcomes, &decoded.records, decoded.redelivery, &positions);
+        let publish: Vec<&PendingFault> = faults
+            .iter()
+            .zip(&deferred)
+            .filter(|(_, d)| !**d)
+            .map(|(f, _)| f)
+            .collect();
         if publish.is_empty() {
             return;
         }
-        let now = now_millis();
-        let events: Vec<_> = publish
+        let mut settled = vec![false; publish.len()];
+        let events: Vec<FaultEvent> = publish
             .iter()
-            .map(|f| f.to_event(&decoded.records, &invocation.function_name, now))
+            .map(|f| {
+                f.to_event(
+                    &decoded.records,
+                    &invocation.function_name,
+                    self.settings.region.as_deref(),
+                )
+            })
             .collect();
-        if let Err(e) = self.faults.publish(&events).await {
-            tracing::error!(error = %e, faults = events.len(), "fault events not published; their records will be retried");
-            let failed: Vec<usize> = match e.failed {
-                Some(failed) => failed,
-                None => (0..publish.len()).collect(),
-            };
-            for i in failed {
-                if let Some(f) = publish.get(i) {
-                    for p in &f.positions {
-                        outcomes[*p as usize] = Outcome::Retry;
-                    }
+        let deadline = invocation.deadline;
+        let work = self.publish_faults(events, &mut settled);
+        let work = deadline::bounded(deadline.publish_by(), work);
+        match deadline.publish_by() {
+            Some(by) => {
+                if tokio::time::timeout_at(by, work).await.is_err() {
+                    tracing::error!(
+                        "deadline: fault publishing did not finish in time; the records of unconfirmed faults will be retried"
+                    );
                 }
+            }
+            None => work.await,
+        }
+        for (f, ok) in publish.iter().zip(settled) {
+            if !ok {
+                for p in &f.positions {
+                    outcomes[*p as usize] = Outcome::Retry;
+                }
+            }
+        }
+    }
+
+    /// Stores what must be stored, publishes the rest, and marks each fault settled once its
+    /// records may end faulted.
+    async fn publish_faults(&self, events: Vec<FaultEvent>, settled: &mut [bool]) {
+        let limit = self.faults.max_fault_bytes();
+        let mut sendable: Vec<usize> = Vec::with_capacity(events.len());
+        let mut slim: Vec<FaultEvent> = Vec::with_capacity(events.len());
+        let mut wholes: Vec<Option<Vec<u8>>> = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let fitted = faults::fit(event, limit);
+            let mut event = fitted.event;
+            if let (Some(whole), Some(store)) = (&fitted.whole, &self.store) {
+                // the whole fault first, so the trimmed one never points at nothing
+                let key = storage_key(&storage_id(&event)).unwrap_or_default();
+                if let Err(e) = store.store(&key, whole.clone()).await {
+                    tracing::error!(fault = %event.id, error = %e, "whole fault not stored; its records will be retried");
+                    slim.push(event);
+                    wholes.push(None);
+                    continue;
+                }
+                if let Some(t) = event.trimmed.as_mut() {
+                    t.stored = Some(key);
+                }
+            }
+            sendable.push(i);
+            slim.push(event);
+            wholes.push(fitted.whole);
+        }
+        let to_send: Vec<FaultEvent> = sendable.iter().map(|i| slim[*i].clone()).collect();
+        if to_send.is_empty() {
+            return;
+        }
+        let err = match self.faults.publish(&to_send).await {
+            Ok(()) => {
+                for i in sendable {
+                    settled[i] = true;
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        tracing::error!(error = %err, faults = to_send.len(), "fault events not published; their records will be retried unless rejected for good");
+        for (k, i) in sendable.into_iter().enumerate() {
+            if err.published(k) {
+                settled[i] = true;
+            } else if err.rejected.contains(&k) {
+                settled[i] = self.dead_letter(&slim[i], wholes[i].take()).await;
+            }
+        }
+    }
+
+    /// A fault rejected for good: stored whole where the fault monitor would have stored it,
+    /// or, with no store, logged and set aside. Never retried, which could not help.
+    async fn dead_letter(&self, event: &FaultEvent, whole: Option<Vec<u8>>) -> bool {
+        let Some(store) = &self.store else {
+            tracing::error!(
+                fault = %event.id,
+                error = %faults::truncate(&event.err.message, 300),
+                "fault rejected by the publisher and no fault store configured: set aside with its record"
+            );
+            return true;
+        };
+        let json = match whole {
+            Some(json) => json,
+            None => match serde_json::to_vec(event) {
+                Ok(json) => json,
+                Err(_) => return false,
+            },
+        };
+        let key = storage_key(&storage_id(event)).unwrap_or_default();
+        match store.store(&key, json).await {
+            Ok(()) => {
+                tracing::warn!(fault = %event.id, %key, "fault rejected by the publisher; stored whole in the fault store");
+                true
+            }
+            Err(e) => {
+                tracing::error!(fault = %event.id, error = %e, "fault rejected by the publisher and not stored; its records will be retried");
+                false
             }
         }
     }

@@ -25,42 +25,59 @@
 //!     Event::new("2", "thing-deleted", 2).with_partition_key("t1"),
 //! ]);
 //! // the poison record is faulted (fault event published), so nothing needs retrying
-//! let response = handler.kinesis(batch, &context(Duration::from_secs(30))).await.unwrap();
+//! let response = handler.handle::<lambda_stream::sources::Kinesis>(batch, &context(Duration::from_secs(30))).await.unwrap();
 //! assert!(response.batch_item_failures.is_empty());
 //! # });
 //! ```
+//!
+//! How the crate is laid out, layer by layer, and the journey of a record through it:
+//! `docs/ARCHITECTURE.md` in the repository.
 
 #![warn(missing_docs)]
 
+// The public modules: each holds what it names, and nothing is reachable by two paths.
 pub mod aws;
-pub mod batch;
+pub mod breaker;
+pub mod compression;
 pub mod connectors;
 pub mod deadline;
-pub mod error;
-pub mod event;
 pub mod expressions;
 pub mod faults;
 pub mod flavors;
-pub mod handler;
+pub mod idempotency;
 pub mod logging;
-pub mod pipeline;
 pub mod sinks;
 pub mod sources;
 pub mod tags;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod uow;
+
+// The layers below: their items are re-exported here, once.
+mod delivery;
+mod error;
+mod event;
+mod handler;
+mod lambda;
+mod outcome;
+mod pipeline;
+mod record;
+mod response;
+mod retry;
+mod settings;
+mod uow;
 
 // Compiles the README's examples as doc tests, so the documented usage cannot drift.
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use batch::{Outcome, Outcomes, Summary};
-pub use deadline::Deadline;
 pub use error::{BatchError, DecodeError, ErrorClass, StepError};
-pub use event::{ErrorInfo, Event, FAULT_EVENT_TYPE, FaultEvent, FaultRecord, FaultUow};
-pub use faults::{FaultPublisher, PublishError};
+pub use event::{ErrorInfo, Event, FAULT_EVENT_TYPE, FaultEvent, FaultRecord, FaultUow, Trimmed};
 pub use handler::{ConfigError, Handler, HandlerBuilder, Invocation};
-pub use pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline, Retry};
+pub use lambda::run;
+pub use outcome::Outcome;
+pub use pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline, Step};
+pub use response::{Outcomes, Summary};
+pub use retry::Retry;
+pub use settings::{BreakerSettings, Settings};
 pub use uow::{Batch, Compacted, Group, Origin, UnitOfWork, Work};

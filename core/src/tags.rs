@@ -2,29 +2,27 @@
 
 use serde_json::{Map, Value};
 
-/// Adds the standard tags that `event_tags` lacks: `account` (`ACCOUNT_NAME`), `region`
-/// (`AWS_REGION`), `stage` (`STAGE`), `source` (`SERVICE`), `functionname`
-/// (`AWS_LAMBDA_FUNCTION_NAME`) and `pipeline`. Tags already set are kept.
+/// Adds the `standard` tags (see [`Settings::standard_tags`](crate::Settings::standard_tags))
+/// and `pipeline` that `event_tags` lacks; tags already set are kept.
 ///
 /// ```
+/// let mut settings = lambda_stream::Settings::default();
+/// settings.stage = Some("dev".into());
 /// let mut tags = serde_json::Map::new();
 /// tags.insert("source".into(), "upstream".into());
-/// lambda_stream::tags::add_standard(&mut tags, "p1");
+/// lambda_stream::tags::add_standard(&mut tags, &settings.standard_tags(), "p1");
 /// assert_eq!(tags["pipeline"], "p1");
+/// assert_eq!(tags["stage"], "dev");
 /// assert_eq!(tags["source"], "upstream");
 /// ```
-pub fn add_standard(event_tags: &mut Map<String, Value>, pipeline: &str) {
-    for (tag, var) in [
-        ("account", "ACCOUNT_NAME"),
-        ("region", "AWS_REGION"),
-        ("stage", "STAGE"),
-        ("source", "SERVICE"),
-        ("functionname", "AWS_LAMBDA_FUNCTION_NAME"),
-    ] {
-        if !event_tags.contains_key(tag)
-            && let Ok(v) = std::env::var(var)
-        {
-            event_tags.insert(tag.into(), Value::from(v));
+pub fn add_standard(
+    event_tags: &mut Map<String, Value>,
+    standard: &Map<String, Value>,
+    pipeline: &str,
+) {
+    for (tag, value) in standard {
+        if !event_tags.contains_key(tag) {
+            event_tags.insert(tag.clone(), value.clone());
         }
     }
     if !event_tags.contains_key("pipeline") {

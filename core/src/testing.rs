@@ -322,11 +322,14 @@ pub fn context(remaining: Duration) -> lambda_runtime::Context {
     ctx
 }
 
-/// Keeps published fault events in memory; can be told to fail.
+/// Keeps published fault events in memory; can be told to fail, or to reject every fault for
+/// good.
 #[derive(Debug, Default)]
 pub struct MemoryFaults {
     published: Mutex<Vec<FaultEvent>>,
     failing: AtomicBool,
+    rejecting: AtomicBool,
+    attempts: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryFaults {
@@ -342,11 +345,193 @@ impl MemoryFaults {
     pub fn fail(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
     }
+
+    /// From now on, every fault is rejected for good (or accepted again).
+    pub fn reject(&self, rejecting: bool) {
+        self.rejecting.store(rejecting, Ordering::SeqCst);
+    }
+
+    /// How many times `publish` was called.
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
+}
+
+/// Keeps stored faults in memory, by key (a [`FaultStore`](crate::faults::FaultStore) for tests).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    stored: Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
+}
+
+impl MemoryStore {
+    /// Every stored fault, by key.
+    pub fn stored(&self) -> std::collections::BTreeMap<String, FaultEvent> {
+        self.stored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_slice(v).ok()?)))
+            .collect()
+    }
+}
+
+impl crate::faults::FaultStore for MemoryStore {
+    fn store<'a>(
+        &'a self,
+        key: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), crate::StepError>> {
+        Box::pin(async move {
+            self.stored
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key.to_owned(), json);
+            Ok(())
+        })
+    }
+}
+
+/// Idempotency marks in memory (an [`IdempotencyStore`](crate::idempotency::IdempotencyStore)
+/// for pure pipeline tests; the claim is atomic under a lock, as DynamoDB's condition is).
+#[derive(Debug, Default)]
+pub struct MemoryIdempotency {
+    marks: Mutex<std::collections::BTreeMap<String, crate::idempotency::Mark>>,
+    claims: std::sync::atomic::AtomicUsize,
+    failing: AtomicBool,
+}
+
+impl MemoryIdempotency {
+    /// Every mark, by id.
+    pub fn marks(&self) -> std::collections::BTreeMap<String, crate::idempotency::Mark> {
+        self.marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many claims reached the store.
+    pub fn claims(&self) -> usize {
+        self.claims.load(Ordering::SeqCst)
+    }
+
+    /// From now on, every call fails transiently (or succeeds again).
+    pub fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), crate::StepError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(crate::StepError::transient(
+                "memory idempotency store failing",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl crate::idempotency::IdempotencyStore for MemoryIdempotency {
+    fn claim<'a>(
+        &'a self,
+        req: &'a crate::idempotency::ClaimRequest<'a>,
+    ) -> BoxFuture<'a, Result<crate::idempotency::Claim, crate::StepError>> {
+        use crate::idempotency::{Claim, Mark, Status};
+        Box::pin(async move {
+            self.claims.fetch_add(1, Ordering::SeqCst);
+            self.check()?;
+            let mut marks = self
+                .marks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let previous = marks.get(req.id).cloned();
+            if let Some(current) = previous
+                .as_ref()
+                .filter(|m| !m.claimable(req.now_ms) && m.owner.as_deref() != Some(req.owner))
+            {
+                return Ok(Claim::Held {
+                    current: current.clone(),
+                });
+            }
+            let kept = previous.clone();
+            marks.insert(
+                req.id.to_owned(),
+                Mark {
+                    status: Status::InProgress,
+                    lock_expiry_ms: req.lock_expiry_ms,
+                    expiration_s: req.expiration_s,
+                    payload_hash: req
+                        .payload_hash
+                        .map(str::to_owned)
+                        .or_else(|| kept.as_ref().and_then(|m| m.payload_hash.clone())),
+                    attempts: kept.as_ref().map_or(0, |m| m.attempts),
+                    last_error: kept.and_then(|m| m.last_error),
+                    owner: Some(req.owner.to_owned()),
+                },
+            );
+            Ok(Claim::Taken { previous })
+        })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        marks: &'a [(String, crate::idempotency::Mark)],
+    ) -> BoxFuture<'a, Result<(), crate::StepError>> {
+        Box::pin(async move {
+            self.check()?;
+            let mut stored = self
+                .marks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (id, mark) in marks {
+                stored.insert(id.clone(), mark.clone());
+            }
+            Ok(())
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), crate::StepError>> {
+        Box::pin(async move {
+            self.check()?;
+            let mut stored = self
+                .marks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(m) = stored
+                .get_mut(id)
+                .filter(|m| m.owner.as_deref() == Some(owner))
+            {
+                m.status = crate::idempotency::Status::Failed;
+                m.lock_expiry_ms = 0;
+                m.owner = None;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl crate::faults::FaultStore for std::sync::Arc<MemoryStore> {
+    fn store<'a>(
+        &'a self,
+        key: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), crate::StepError>> {
+        (**self).store(key, json)
+    }
 }
 
 impl FaultPublisher for MemoryFaults {
     fn publish<'a>(&'a self, faults: &'a [FaultEvent]) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(async move {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            if self.rejecting.load(Ordering::SeqCst) {
+                let all: Vec<usize> = (0..faults.len()).collect();
+                return Err(
+                    PublishError::some(all.clone(), "publisher told to reject").with_rejected(all)
+                );
+            }
             if self.failing.load(Ordering::SeqCst) {
                 return Err(PublishError::all("publisher told to fail"));
             }
@@ -359,53 +544,244 @@ impl FaultPublisher for MemoryFaults {
     }
 }
 
-/// Units of work keyed as given (`None`: no partition key), positions 0, 1, ...
-#[cfg(test)]
-pub(crate) fn units(keys: &[Option<&str>]) -> Vec<crate::UnitOfWork> {
-    let events: Vec<Event> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let mut e = Event::new(format!("e{i}"), "t", 1);
-            e.partition_key = k.map(str::to_owned);
-            e
-        })
-        .collect();
-    let mut out = Vec::new();
-    for (i, e) in events.into_iter().enumerate() {
-        let record = std::sync::Arc::new(crate::sources::SourceRecord::Raw(Value::Null));
-        out.push(crate::UnitOfWork::new(i as u32, record, e, None, false));
-    }
-    out
+/// The emulator's pinned package, shared with `scripts/with-emulator.sh`.
+const REQUIREMENTS: &str = include_str!("../emulator/requirements.txt");
+/// Waits for a started emulator, runs its Lambda without Docker, creates the tests' role and
+/// prints its ARN; shared with `scripts/with-emulator.sh`.
+const SETUP: &str = include_str!("../emulator/setup.py");
+
+/// The emulator this process started, when none was given.
+struct Started {
+    endpoint: String,
+    role_arn: String,
 }
 
-/// The local AWS emulator's address (`AWS_ENDPOINT_URL`), for integration tests.
-///
-/// Panics, saying how to start the emulator, when it is not set; and when it is not a loopback
-/// address, so a test can never reach a real AWS account.
-pub fn emulator_endpoint() -> String {
-    match std::env::var("AWS_ENDPOINT_URL") {
-        Ok(url)
-            if url.starts_with("http://127.")
-                || url.starts_with("http://localhost")
-                || url.starts_with("http://[::1]") =>
-        {
-            url
-        }
-        Ok(url) => panic!(
+static STARTED: std::sync::OnceLock<Result<Started, String>> = std::sync::OnceLock::new();
+
+/// `AWS_ENDPOINT_URL`, when set; a test never talks to anything but a loopback address.
+fn given_endpoint() -> Option<String> {
+    let url = std::env::var("AWS_ENDPOINT_URL").ok()?;
+    if url.starts_with("http://127.")
+        || url.starts_with("http://localhost")
+        || url.starts_with("http://[::1]")
+    {
+        Some(url)
+    } else {
+        panic!(
             "AWS_ENDPOINT_URL={url} is not a loopback address: integration tests only talk to a local emulator"
-        ),
-        Err(_) => panic!(
-            "AWS_ENDPOINT_URL is not set: this test needs the local AWS emulator. \
-             Run `make test`, or `scripts/with-emulator.sh cargo test ...` to start one on 127.0.0.1"
+        )
+    }
+}
+
+fn started() -> &'static Started {
+    match STARTED.get_or_init(start_emulator) {
+        Ok(s) => s,
+        Err(e) => panic!(
+            "no AWS_ENDPOINT_URL, and the local emulator could not be started: {e}. \
+             `make test` (or `scripts/with-emulator.sh cargo test ...`) starts one for a whole run"
         ),
     }
 }
 
-/// The shared AWS configuration, after checking that it points at the local emulator.
+/// The project's root: the nearest directory above the crate under test with a `Cargo.lock`.
+fn project_root() -> Result<std::path::PathBuf, String> {
+    let start = std::env::var("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|_| std::env::current_dir())
+        .map_err(|e| format!("no CARGO_MANIFEST_DIR nor current directory: {e}"))?;
+    start
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").exists())
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| format!("no Cargo.lock above {}", start.display()))
+}
+
+fn run(cmd: &mut std::process::Command) -> Result<std::process::Output, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .chars()
+                .take(400)
+                .collect::<String>()
+        ))
+    }
+}
+
+/// Creates the project-local virtualenv `.venv` with the pinned emulator, once, even when
+/// several test processes start at the same time.
+fn ensure_emulator_installed(root: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let venv = root.join(".venv");
+    let server = venv.join("bin/moto_server");
+    if server.exists() {
+        return Ok(venv);
+    }
+    let lock = std::fs::File::create(root.join(".venv.lock")).map_err(|e| e.to_string())?;
+    lock.lock().map_err(|e| e.to_string())?;
+    if !server.exists() {
+        eprintln!(
+            "emulator: installing {} into {}",
+            REQUIREMENTS.trim(),
+            venv.display()
+        );
+        run(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv))?;
+        run(std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(REQUIREMENTS.split_whitespace()))?;
+    }
+    Ok(venv)
+}
+
+/// Starts the emulator on a free loopback port for this process; it ends with the process.
+fn start_emulator() -> Result<Started, String> {
+    let root = project_root()?;
+    let venv = ensure_emulator_installed(&root)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let logs = root.join("target");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(logs.join(format!("emulator-{}.log", std::process::id())))
+        .map_err(|e| e.to_string())?;
+    let server = venv.join("bin/moto_server");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // the emulator is tied to a thread that lives as long as the process: PR_SET_PDEATHSIG ends
+    // it when that thread ends, so it must not be a test's thread
+    std::thread::Builder::new()
+        .name("emulator".into())
+        .spawn(move || {
+            let spawned = spawn_tied(&server, port, log);
+            let _ = tx.send(spawned.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let _child = spawned;
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    rx.recv().map_err(|e| e.to_string())??;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let out = run(std::process::Command::new(venv.join("bin/python"))
+        .args(["-c", SETUP])
+        .arg(&endpoint))?;
+    let role_arn = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    eprintln!("emulator: moto server on {endpoint} for this test process");
+    Ok(Started { endpoint, role_arn })
+}
+
+fn spawn_tied(
+    server: &std::path::Path,
+    port: u16,
+    log: std::fs::File,
+) -> std::io::Result<std::process::Child> {
+    let err = log.try_clone()?;
+    let mut cmd = std::process::Command::new(server);
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    // the thread that starts it never ends before the process does
+    dies_with_parent(&mut cmd);
+    cmd.spawn()
+}
+
+/// Makes the kernel end the child `cmd` starts when the thread that started it ends, even by
+/// SIGKILL, so that no emulator or function process outlives the tests or local stack that
+/// started it (Linux; elsewhere a no-op).
+pub fn dies_with_parent(cmd: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe, the only kind of call allowed between fork and exec
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// The local AWS emulator's address, for integration tests: `AWS_ENDPOINT_URL` when set (`make
+/// test` starts one emulator for the whole run), else one this test process starts itself
+/// from the project-local virtualenv `.venv` (created if missing), on a free loopback port,
+/// and that ends with the process.
+///
+/// Panics when `AWS_ENDPOINT_URL` is not a loopback address, so a test can never reach a real
+/// AWS account, and, saying why, when no emulator can be started.
+pub fn emulator_endpoint() -> String {
+    given_endpoint().unwrap_or_else(|| started().endpoint.clone())
+}
+
+/// The IAM role tests give the functions they create in the emulator.
+pub fn test_role_arn() -> String {
+    match std::env::var("LAMBDA_TEST_ROLE_ARN") {
+        Ok(arn) if given_endpoint().is_some() => arn,
+        _ => started().role_arn.clone(),
+    }
+}
+
+/// The environment a child process needs to use the same emulator (for tests that run a
+/// binary): endpoint, dummy credentials, region, and no other source of either.
+pub fn emulator_env() -> Vec<(&'static str, String)> {
+    let endpoint = emulator_endpoint();
+    [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_SESSION_TOKEN", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect()
+}
+
+/// The shared AWS configuration, pointing at the local emulator (see [`emulator_endpoint`]):
+/// with `AWS_ENDPOINT_URL` set it is the environment's; otherwise this process's own emulator
+/// becomes the configuration every shared client uses.
+///
+/// Panics when a shared client was built before, from an environment without the emulator.
 pub async fn emulator() -> &'static aws_config::SdkConfig {
-    emulator_endpoint();
-    crate::aws::config().await
+    let endpoint = emulator_endpoint();
+    if given_endpoint().is_none() {
+        let credentials = aws_sdk_dynamodb::config::Credentials::new(
+            "testing",
+            "testing",
+            Some("testing".into()),
+            None,
+            "lambda-stream-testing",
+        );
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(credentials)
+            .load()
+            .await;
+        // the first test to get here installs it; the others find it in place
+        crate::aws::install(config);
+    }
+    let config = crate::aws::config().await;
+    if config.endpoint_url() != Some(endpoint.as_str()) {
+        panic!(
+            "the shared AWS clients were built before the emulator was set up (endpoint {:?}, emulator {endpoint}): call `emulator().await` first",
+            config.endpoint_url()
+        );
+    }
+    config
 }
 
 /// A resource name unique to this test run (tests share one emulator and run in parallel).
@@ -418,6 +794,53 @@ pub fn unique(prefix: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// Creates an idempotency table (key `id`, TTL on `expiration`) in the emulator, as
+/// `template.yaml` declares it; returns its name.
+pub async fn create_idempotency_table(prefix: &str) -> String {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TimeToLiveSpecification,
+    };
+    let name = unique(prefix);
+    emulator().await;
+    let client = crate::aws::dynamodb().await;
+    client
+        .create_table()
+        .table_name(&name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating table {name}: {e:?}"));
+    client
+        .update_time_to_live()
+        .table_name(&name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name("expiration")
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("TTL on {name}: {e:?}"));
+    name
 }
 
 /// Creates a `pk`/`sk` table with a NEW_AND_OLD_IMAGES stream in the emulator; returns its name.

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::event::Event;
-use crate::sources::SourceRecord;
+use crate::record::SourceRecord;
 
 /// The source's own ordering key.
 #[derive(Debug)]
@@ -25,6 +25,10 @@ pub(crate) enum OrderKey {
 /// Shared (behind an `Arc`) by every clone of the unit and every pipeline it flows through.
 pub struct Origin {
     pub(crate) index: u32,
+    /// Ordinal among the batch's units of work (a record may carry several).
+    pub(crate) unit: u32,
+    /// Hash of the ordering key, computed once for the engine's per-key bookkeeping.
+    pub(crate) key_hash: Option<u64>,
     pub(crate) record: Arc<SourceRecord>,
     pub(crate) event: Event,
     pub(crate) source_key: Option<OrderKey>,
@@ -69,19 +73,24 @@ impl<S: std::fmt::Debug> std::fmt::Debug for UnitOfWork<S> {
 impl UnitOfWork<()> {
     pub(crate) fn new(
         index: u32,
+        unit: u32,
         record: Arc<SourceRecord>,
         event: Event,
         source_key: Option<OrderKey>,
         latched: bool,
     ) -> Self {
+        let mut origin = Origin {
+            index,
+            unit,
+            key_hash: None,
+            record,
+            event,
+            source_key,
+            latched,
+        };
+        origin.key_hash = origin.partition_key().map(hash_key);
         UnitOfWork {
-            shared: Arc::new(Origin {
-                index,
-                record,
-                event,
-                source_key,
-                latched,
-            }),
+            shared: Arc::new(origin),
             state: (),
         }
     }
@@ -89,7 +98,7 @@ impl UnitOfWork<()> {
     /// A unit of work around `event` with no original record, for tests of mapping functions.
     pub fn for_test(event: Event) -> Self {
         let record = Arc::new(SourceRecord::Raw(serde_json::Value::Null));
-        UnitOfWork::new(0, record, event, None, false)
+        UnitOfWork::new(0, 0, record, event, None, false)
     }
 }
 
@@ -124,6 +133,14 @@ impl<S> UnitOfWork<S> {
     /// so a cdc trigger on the same table can skip it instead of echoing it back to the bus.
     pub fn is_latched(&self) -> bool {
         self.shared.latched
+    }
+
+    /// The same unit without its state (what keys and rules look at).
+    pub(crate) fn without_state(&self) -> UnitOfWork {
+        UnitOfWork {
+            shared: Arc::clone(&self.shared),
+            state: (),
+        }
     }
 
     /// The same unit with new state.
@@ -178,6 +195,13 @@ impl Origin {
             None => self.event.partition_key.as_deref(),
         }
     }
+}
+
+/// A stable hash of an ordering key. Keys are compared by hash: a collision can only make two
+/// keys share an order (less concurrency), never reorder one.
+pub(crate) fn hash_key(key: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
 }
 
 /// Anything that flows through a pipeline: it tells the engine which original records it stands
@@ -246,6 +270,19 @@ pub(crate) fn anchor_of<T: Work>(item: &T) -> Anchor {
     let mut anchor = Anchor::new();
     item.for_each_origin(&mut |o| anchor.push(Arc::clone(o)));
     anchor
+}
+
+/// The ordering keys of an item (hashed, deduplicated); empty when none of its units has one.
+pub(crate) fn keys_of<T: Work>(item: &T) -> smallvec::SmallVec<[u64; 2]> {
+    let mut keys = smallvec::SmallVec::new();
+    item.for_each_origin(&mut |o| {
+        if let Some(k) = o.key_hash
+            && !keys.contains(&k)
+        {
+            keys.push(k);
+        }
+    });
+    keys
 }
 
 /// Lowest record position an item stands for; keeps batch order between stages.

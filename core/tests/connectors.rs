@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use lambda_stream::connectors::{Kinesis, Lambda, S3, Sns, Sqs};
-use lambda_stream::sinks::{LambdaCall, S3Object};
+use lambda_stream::sinks::{Invoke, LambdaCall, Publish, PublishToSns, PutObject, S3Object};
 use lambda_stream::testing::*;
 use lambda_stream::{Event, Handler, Outcome, Pipeline, StepError, UnitOfWork, aws};
 use serde_json::{Value, json};
@@ -58,7 +58,7 @@ async fn publish_to_kinesis_writes_every_record_with_its_partition_key() {
     let outcomes = run(
         Pipeline::new("to-kinesis")
             .map(republish)
-            .publish_to_kinesis(Kinesis::new(client.clone(), &stream)),
+            .pipe(Publish(Kinesis::new(client.clone(), &stream))),
         &batch,
     )
     .await;
@@ -119,7 +119,7 @@ async fn send_to_sqs_in_batches_and_fifo_groups() {
     let outcomes = run(
         Pipeline::new("to-sqs")
             .map(republish)
-            .send_to_sqs(Sqs::new(client.clone(), &url)),
+            .pipe(Publish(Sqs::new(client.clone(), &url))),
         &events(25, "t"),
     )
     .await;
@@ -206,7 +206,7 @@ async fn publish_to_sns_reaches_a_subscribed_queue() {
     let outcomes = run(
         Pipeline::new("to-sns")
             .map(republish)
-            .publish_to_sns(Sns::new(sns.clone(), &topic)),
+            .pipe(PublishToSns(Sns::new(sns.clone(), &topic))),
         &events(3, "t"),
     )
     .await;
@@ -246,7 +246,7 @@ async fn s3_put_get_list_delete_and_the_sink() {
     let outcomes = run(
         Pipeline::new("to-s3")
             .map(to_object)
-            .put_object_to_s3(s3.clone()),
+            .pipe(PutObject(s3.clone())),
         &events(3, "t"),
     )
     .await;
@@ -266,7 +266,7 @@ async fn s3_put_get_list_delete_and_the_sink() {
 #[tokio::test]
 async fn invoke_lambda_sync_and_async() {
     emulator().await;
-    let role = std::env::var("LAMBDA_TEST_ROLE_ARN").expect("set by scripts/with-emulator.sh");
+    let role = test_role_arn();
     let client = aws::lambda().await;
     let function = unique("fn");
     let zip = std::fs::read(concat!(
@@ -312,7 +312,7 @@ async fn invoke_lambda_sync_and_async() {
     let r = responses.clone();
     let pipeline = Pipeline::new("invoke")
         .map(to_call)
-        .invoke_lambda(lambda.clone())
+        .pipe(Invoke(lambda.clone()))
         .tap(move |uow| r.lock().unwrap().push(uow.state.clone()));
     let outcomes = run(pipeline, &events(2, "t")).await;
     assert!(outcomes.iter().all(|o| *o == Outcome::Done));

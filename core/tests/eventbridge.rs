@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use lambda_stream::connectors::{DynamoDb, EventBridge, EventBridgeFaults, UpdateRequest};
 use lambda_stream::expressions::update_expression;
-use lambda_stream::sinks::UpdateOptions;
+use lambda_stream::sinks::Update;
+use lambda_stream::sources;
 use lambda_stream::testing::*;
 use lambda_stream::{Event, Handler, Pipeline, StepError, UnitOfWork, aws};
 use serde_json::json;
@@ -70,13 +71,13 @@ async fn a_poison_record_becomes_one_fault_event_on_the_bus() {
     };
     let handler = Handler::builder(faults)
         .function_name("listener")
-        .pipeline(Pipeline::new("thing-view").map(to_request).update(
-            DynamoDb::shared().await,
-            UpdateOptions {
-                table: table.clone(),
-                parallel: 4,
-            },
-        ))
+        .pipeline(
+            Pipeline::new("thing-view").map(to_request).pipe(
+                Update::new(DynamoDb::shared().await)
+                    .table(&table)
+                    .parallel(4),
+            ),
+        )
         .build()
         .unwrap();
     let events: Vec<Event> = (0..20)
@@ -94,7 +95,7 @@ async fn a_poison_record_becomes_one_fault_event_on_the_bus() {
         })
         .collect();
     let response = handler
-        .kinesis(
+        .handle::<sources::Kinesis>(
             to_kinesis_records(&events),
             &context(Duration::from_secs(60)),
         )
@@ -141,7 +142,7 @@ async fn unreachable_bus_makes_faulted_records_retry() {
         .unwrap();
     let events = [Event::new("e0", "t", 1), Event::new("e1", "t", 2)];
     let response = handler
-        .sqs(to_sqs_records(&events), &context(Duration::from_secs(60)))
+        .handle::<sources::Sqs>(to_sqs_records(&events), &context(Duration::from_secs(60)))
         .await
         .unwrap();
     let mut ids: Vec<&str> = response
@@ -152,4 +153,55 @@ async fn unreachable_bus_makes_faulted_records_retry() {
     ids.sort();
     assert_eq!(ids, ["msg-0", "msg-1"]);
     let _ = Arc::new(());
+}
+
+/// A 200 KB poison record (Kinesis records reach 1 MiB) makes a fault larger than an
+/// EventBridge entry: it is stored whole in the fault store and published trimmed, pointing to
+/// it; the record ends faulted instead of blocking its shard.
+#[tokio::test]
+async fn an_oversize_fault_is_stored_whole_and_published_trimmed_through_the_bus() {
+    let (bus, queue) = bus_to_queue("faults", json!({"detail-type": ["fault"]})).await;
+    let faults = EventBridgeFaults(EventBridge::new(aws::eventbridge().await.clone(), &bus));
+    let bucket = unique("faults");
+    aws::s3()
+        .await
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let store = lambda_stream::connectors::S3::new(aws::s3().await.clone(), &bucket);
+    let handler = Handler::builder(faults)
+        .function_name("listener")
+        .fault_store(store.clone())
+        .pipeline(
+            Pipeline::new("p")
+                .map(|_u: UnitOfWork| Err::<UnitOfWork, _>(StepError::poison_msg("bad"))),
+        )
+        .build()
+        .unwrap();
+    let big = Event::new("big", "thing-created", 1_700_000_000_000)
+        .with_partition_key("t1")
+        .with_entity("blob", json!("x".repeat(200 * 1024)));
+    let kinesis = to_kinesis_records(&[big]);
+    let data_len = kinesis.records[0].kinesis.data.0.len();
+    let response = handler
+        .handle::<sources::Kinesis>(kinesis, &context(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+
+    let delivered = drain_queue(&queue).await;
+    assert_eq!(delivered.len(), 1);
+    let slim = &delivered[0]["detail"];
+    let key = slim["trimmed"]["stored"].as_str().unwrap();
+    assert!(
+        key.starts_with("faults/2023/11/14/22/1700000000000-listener-p-"),
+        "{key}"
+    );
+    let whole: lambda_stream::FaultEvent =
+        serde_json::from_slice(&store.get(key).await.unwrap().unwrap()).unwrap();
+    assert_eq!(whole.id, slim["id"]);
+    let data = whole.uow.records()[0]["kinesis"]["data"].as_str().unwrap();
+    assert!(data.len() >= data_len, "the whole record, base64");
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use lambda_stream::connectors::{DynamoDb, EventBridge, QueryRequest, UpdateRequest};
 use lambda_stream::expressions::{Expression, update_expression};
 use lambda_stream::flavors::{Cdc, Materialize};
-use lambda_stream::sinks::UpdateOptions;
+use lambda_stream::sources;
 use lambda_stream::testing::*;
 use lambda_stream::{Event, Handler, StepError, UnitOfWork, aws};
 use serde_json::{Value, json};
@@ -53,17 +53,15 @@ async fn scan(table: &str) -> Vec<Value> {
 #[tokio::test]
 async fn materialize_is_idempotent_ordered_by_timestamp_latched_and_skips_own_events() {
     let table = create_table("views").await;
-    let mut rule = Materialize::new(
+    let rule = Materialize::new(
         "thing-view",
         ["thing-created", "thing-updated"],
         to_update_request,
         DynamoDb::shared().await,
-    );
-    rule.options = UpdateOptions {
-        table: table.clone(),
-        parallel: 4,
-    };
-    rule.service = Some("this-service".into());
+    )
+    .table(&table)
+    .parallel(4)
+    .skip_events_from("this-service");
     let handler = Handler::builder(MemoryFaults::default())
         .pipelines([rule])
         .build()
@@ -79,13 +77,13 @@ async fn materialize_is_idempotent_ordered_by_timestamp_latched_and_skips_own_ev
         own,
     ];
     handler
-        .kinesis(to_kinesis_records(&batch), &ctx)
+        .handle::<sources::Kinesis>(to_kinesis_records(&batch), &ctx)
         .await
         .unwrap();
     let first = scan(&table).await;
     // applied twice (a redelivery): the same table
     let response = handler
-        .kinesis(to_kinesis_records(&batch), &ctx)
+        .handle::<sources::Kinesis>(to_kinesis_records(&batch), &ctx)
         .await
         .unwrap();
     assert!(response.batch_item_failures.is_empty());
@@ -177,7 +175,7 @@ async fn cdc_publishes_exactly_one_event_per_change_and_skips_latched_rows() {
         Change::remove(item("t3", json!({}))),
     ];
     let response = handler
-        .dynamodb(
+        .handle::<sources::DynamoDb>(
             to_dynamodb_records(&changes),
             &context(Duration::from_secs(60)),
         )

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lambda_stream::sources;
 use lambda_stream::testing::*;
 use lambda_stream::{
     BatchError, Event, FaultEvent, Handler, Outcome, Pipeline, Retry, StepError, UnitOfWork,
@@ -59,7 +60,7 @@ async fn poison_becomes_one_fault_event_and_the_batch_succeeds() {
         .collect();
     let kinesis = to_kinesis_records(&events);
     let original = serde_json::to_value(&kinesis.records[4]).unwrap();
-    let response = h.kinesis(kinesis, &ctx()).await.unwrap();
+    let response = h.handle::<sources::Kinesis>(kinesis, &ctx()).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
 
     let published = faults.published();
@@ -160,7 +161,10 @@ async fn sqs_reports_every_retry_message_and_faults_the_poison() {
         failing(2, "c", "poison"),
         failing(3, "d", "transient"),
     ];
-    let response = h.sqs(to_sqs_records(&events), &ctx()).await.unwrap();
+    let response = h
+        .handle::<sources::Sqs>(to_sqs_records(&events), &ctx())
+        .await
+        .unwrap();
     let ids: Vec<&str> = response
         .batch_item_failures
         .iter()
@@ -176,14 +180,14 @@ async fn all_done_returns_an_empty_response_for_every_source() {
     let h = handler(faults, Pipeline::new("p1").then(step));
     let events = [ev(0, "thing-created", "a")];
     assert!(
-        h.kinesis(to_kinesis_records(&events), &ctx())
+        h.handle::<sources::Kinesis>(to_kinesis_records(&events), &ctx())
             .await
             .unwrap()
             .batch_item_failures
             .is_empty()
     );
     assert!(
-        h.sqs(to_sqs_records(&events), &ctx())
+        h.handle::<sources::Sqs>(to_sqs_records(&events), &ctx())
             .await
             .unwrap()
             .batch_item_failures
@@ -191,15 +195,19 @@ async fn all_done_returns_an_empty_response_for_every_source() {
     );
     let change = Change::insert(json!({"pk": "t1", "sk": "thing", "discriminator": "thing"}));
     assert!(
-        h.dynamodb(to_dynamodb_records(&[change]), &ctx())
+        h.handle::<sources::DynamoDb>(to_dynamodb_records(&[change]), &ctx())
             .await
             .unwrap()
             .batch_item_failures
             .is_empty()
     );
-    h.sns(to_sns_records(&events), &ctx()).await.unwrap();
-    h.s3(to_s3_records(&[("b", "k")]), &ctx()).await.unwrap();
-    h.eventbridge(to_eventbridge_record(&events[0]), &ctx())
+    h.handle::<sources::Sns>(to_sns_records(&events), &ctx())
+        .await
+        .unwrap();
+    h.handle::<sources::S3>(to_s3_records(&[("b", "k")]), &ctx())
+        .await
+        .unwrap();
+    h.handle::<sources::EventBridge>(to_eventbridge_record(&events[0]), &ctx())
         .await
         .unwrap();
 }
@@ -227,7 +235,10 @@ async fn dynamodb_response_reports_the_lowest_retry_sequence() {
     ];
     let records = to_dynamodb_records(&changes);
     let expected = records.records[1].change.sequence_number.clone();
-    let response = h.dynamodb(records, &ctx()).await.unwrap();
+    let response = h
+        .handle::<sources::DynamoDb>(records, &ctx())
+        .await
+        .unwrap();
     assert_eq!(response.batch_item_failures.len(), 1);
     assert_eq!(response.batch_item_failures[0].item_identifier, expected);
 }
@@ -237,12 +248,12 @@ async fn sources_without_partial_responses_fail_the_invocation_on_retry() {
     let faults = Arc::new(MemoryFaults::default());
     let h = handler(faults.clone(), Pipeline::new("p1").then(step));
     let err = h
-        .sns(to_sns_records(&[failing(0, "a", "transient")]), &ctx())
+        .handle::<sources::Sns>(to_sns_records(&[failing(0, "a", "transient")]), &ctx())
         .await
         .unwrap_err();
     assert_eq!(err, BatchError::Retry(1));
     // poison is handled: the invocation succeeds
-    h.eventbridge(to_eventbridge_record(&failing(0, "a", "poison")), &ctx())
+    h.handle::<sources::EventBridge>(to_eventbridge_record(&failing(0, "a", "poison")), &ctx())
         .await
         .unwrap();
     assert_eq!(faults.published().len(), 1);
@@ -258,7 +269,10 @@ async fn failed_fault_publishing_turns_faulted_records_into_retry() {
         failing(1, "b", "poison"),
         ev(2, "thing-created", "c"),
     ];
-    let response = h.sqs(to_sqs_records(&events), &ctx()).await.unwrap();
+    let response = h
+        .handle::<sources::Sqs>(to_sqs_records(&events), &ctx())
+        .await
+        .unwrap();
     let ids: Vec<&str> = response
         .batch_item_failures
         .iter()
@@ -294,7 +308,7 @@ async fn decode_failures_are_faults_named_after_the_source() {
     let faults = Arc::new(MemoryFaults::default());
     let h = handler(faults.clone(), Pipeline::new("p1").then(step));
     let response = h
-        .sqs(
+        .handle::<sources::Sqs>(
             to_sqs_messages(&["not json".into(), r#"{"id":"x"}"#.into()]),
             &ctx(),
         )
@@ -316,7 +330,7 @@ async fn fault_ids_are_deterministic_so_a_redelivered_fault_is_stored_once() {
     for _ in 0..2 {
         let faults = Arc::new(MemoryFaults::default());
         let h = handler(faults.clone(), Pipeline::new("p1").then(step));
-        h.kinesis(to_kinesis_records(&events), &ctx())
+        h.handle::<sources::Kinesis>(to_kinesis_records(&events), &ctx())
             .await
             .unwrap();
         ids.push(faults.published()[0].id.clone());
@@ -361,7 +375,10 @@ async fn a_panicking_step_is_a_fault_not_a_crash() {
     });
     let h = handler(faults.clone(), p);
     let events = vec![ev(0, "t", "a"), ev(1, "t", "b")];
-    let response = h.sqs(to_sqs_records(&events), &ctx()).await.unwrap();
+    let response = h
+        .handle::<sources::Sqs>(to_sqs_records(&events), &ctx())
+        .await
+        .unwrap();
     assert!(response.batch_item_failures.is_empty());
     let published = faults.published();
     assert_eq!(published[0].err.name, "Panic");
@@ -396,7 +413,7 @@ async fn order_per_key_and_concurrency_across_keys_up_to_parallel() {
     let keys = ["a", "b", "c", "d", "e"];
     let events: Vec<Event> = (0..20).map(|i| ev(i, "t", keys[i % 5])).collect();
     let response = h
-        .kinesis(to_kinesis_records(&events), &ctx())
+        .handle::<sources::Kinesis>(to_kinesis_records(&events), &ctx())
         .await
         .unwrap();
     assert!(response.batch_item_failures.is_empty());
@@ -515,8 +532,11 @@ async fn a_retry_without_an_id_fails_the_whole_batch() {
     let faults = Arc::new(MemoryFaults::default());
     faults.fail(true);
     let h = handler(faults, Pipeline::new("p1").then(step));
-    let batch: lambda_stream::sources::KinesisBatch =
+    let batch: lambda_stream::sources::KinesisRecords =
         serde_json::from_value(json!({"Records": [{"kinesis": {"data": "%%"}}]})).unwrap();
-    let err = h.kinesis(batch, &ctx()).await.unwrap_err();
+    let err = h
+        .handle::<sources::Kinesis>(batch, &ctx())
+        .await
+        .unwrap_err();
     assert_eq!(err, BatchError::Unidentifiable(0));
 }

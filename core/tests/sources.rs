@@ -68,7 +68,7 @@ fn kinesis_bad_records_fail_alone_and_are_named() {
     event["Records"][0]["kinesis"]["data"] = json!("%%% not base64 %%%");
     event["Records"][1]["kinesis"]["data"] = json!(b64("not json"));
     event["Records"][2]["kinesis"]["data"] = json!(b64(r#"{"id":"x"}"#));
-    let batch: KinesisBatch = serde_json::from_value(event.clone()).unwrap();
+    let batch: KinesisRecords = serde_json::from_value(event.clone()).unwrap();
     let decoded = from_kinesis(batch);
     assert_eq!(decoded.units().len(), 1);
     assert_eq!(decoded.units()[0].position(), 3);
@@ -91,7 +91,7 @@ fn kinesis_bad_records_fail_alone_and_are_named() {
 
 #[test]
 fn sam_sample_kinesis_event_is_a_decode_failure_not_a_panic() {
-    let batch: KinesisBatch = fixture("sam/kinesis.json");
+    let batch: KinesisRecords = fixture("sam/kinesis.json");
     let decoded = from_kinesis(batch);
     assert!(decoded.units().is_empty());
     assert_eq!(decoded.failures().len(), 1);
@@ -235,7 +235,7 @@ fn dynamodb_missing_key_or_type_is_a_named_failure() {
 
 #[test]
 fn sam_sample_dynamodb_event_is_decode_failures_not_a_panic() {
-    let decoded = from_dynamodb(fixture::<DynamoDbBatch>("sam/dynamodb.json"), &opts());
+    let decoded = from_dynamodb(fixture::<DynamoDbRecords>("sam/dynamodb.json"), &opts());
     assert!(decoded.units().is_empty());
     assert_eq!(decoded.failures().len(), 3);
     // with its key named, the sample still has no discriminator or sort key
@@ -243,7 +243,7 @@ fn sam_sample_dynamodb_event_is_decode_failures_not_a_panic() {
         pk: "Id".into(),
         ..opts()
     };
-    let decoded = from_dynamodb(fixture::<DynamoDbBatch>("sam/dynamodb.json"), &by_id);
+    let decoded = from_dynamodb(fixture::<DynamoDbRecords>("sam/dynamodb.json"), &by_id);
     assert_eq!(decoded.failures().len(), 3);
     assert!(decoded.failures()[0].1.reason.contains("discriminator"));
 }
@@ -271,7 +271,7 @@ fn sqs_bodies_and_sns_envelopes() {
         recs.push(r);
     }
     event["Records"] = Value::Array(recs);
-    let decoded = from_sqs(serde_json::from_value::<SqsBatch>(event).unwrap());
+    let decoded = from_sqs(serde_json::from_value::<SqsRecords>(event).unwrap());
     assert_eq!(types(decoded.units()), ["a-created", "b-created"]);
     assert_eq!(decoded.units()[0].event().id, "msg-0");
     assert_eq!(decoded.units()[0].event().timestamp, 1_700_000_000_000);
@@ -322,11 +322,11 @@ fn sns_s3_eventbridge_sources() {
 
 #[test]
 fn sam_samples_of_sqs_sns_s3_and_eventbridge_go_through() {
-    let decoded = from_sqs(fixture::<SqsBatch>("sam/sqs.json"));
+    let decoded = from_sqs(fixture::<SqsRecords>("sam/sqs.json"));
     assert_eq!(decoded.failures().len(), 1, "the sample body is plain text");
-    let decoded = from_sns(fixture::<SnsBatch>("sam/sns.json"));
+    let decoded = from_sns(fixture::<SnsRecords>("sam/sns.json"));
     assert_eq!(decoded.failures().len(), 1);
-    let decoded = from_s3(fixture::<S3Batch>("sam/s3.json"));
+    let decoded = from_s3(fixture::<S3Records>("sam/s3.json"));
     assert_eq!(decoded.units().len(), 1);
     let decoded = from_eventbridge(fixture("sam/eventbridge.json"));
     assert_eq!(decoded.units()[0].event().event_type, "Scheduled Event");
@@ -338,7 +338,7 @@ fn sam_samples_of_sqs_sns_s3_and_eventbridge_go_through() {
 
 #[test]
 fn an_event_without_records_is_an_empty_batch() {
-    let batch: KinesisBatch = serde_json::from_str("{}").unwrap();
+    let batch: KinesisRecords = serde_json::from_str("{}").unwrap();
     assert!(from_kinesis(batch).records().is_empty());
 }
 
@@ -351,4 +351,101 @@ fn sqs_bodies_delivered_by_an_eventbridge_rule_are_unwrapped() {
     let decoded = from_sqs(to_sqs_messages(&[envelope.to_string()]));
     assert_eq!(decoded.units()[0].event().id, "f1");
     assert_eq!(decoded.units()[0].event().event_type, "fault");
+}
+
+// ---- lenient decoding ----
+
+#[test]
+fn records_without_metadata_the_library_never_reads_still_decode() {
+    let b64 = |v: &Value| {
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v.to_string())
+    };
+    let event = json!({"id": "e1", "type": "thing-created", "timestamp": 7, "partitionKey": "t1"});
+    // a Kinesis record as other tools' helpers make it: no arrival time, no envelope fields
+    let kinesis: KinesisRecords = serde_json::from_value(json!({"Records": [
+        {"kinesis": {"data": b64(&event), "partitionKey": "t1", "sequenceNumber": "1"}}
+    ]}))
+    .unwrap();
+    let decoded = from_kinesis(kinesis);
+    assert!(decoded.failures().is_empty(), "{:?}", decoded.failures());
+    assert_eq!(decoded.units()[0].event().id, "e1");
+
+    // a DynamoDB record without SizeBytes, StreamViewType or awsRegion
+    let image = json!({"pk": {"S": "t1"}, "sk": {"S": "thing"}, "discriminator": {"S": "thing"}, "name": {"S": "A"}});
+    let dynamodb: DynamoDbRecords = serde_json::from_value(json!({"Records": [
+        {"eventID": "ddb-1", "eventName": "INSERT", "dynamodb": {
+            "ApproximateCreationDateTime": 1700000000.0,
+            "Keys": {"pk": {"S": "t1"}, "sk": {"S": "thing"}},
+            "NewImage": image, "SequenceNumber": "1"}},
+        // what the library reads (the change type) missing: a fault naming it
+        {"eventID": "ddb-2", "dynamodb": {"Keys": {"pk": {"S": "t2"}}, "SequenceNumber": "2"}}
+    ]}))
+    .unwrap();
+    let decoded = from_dynamodb(dynamodb, &opts());
+    assert_eq!(decoded.units().len(), 1, "{:?}", decoded.failures());
+    assert_eq!(decoded.units()[0].event().event_type, "thing-created");
+    let failures = decoded.failures();
+    assert_eq!(failures.len(), 1);
+    assert!(
+        failures[0].1.reason.contains("eventName"),
+        "{}",
+        failures[0].1
+    );
+}
+
+#[test]
+fn a_huge_bad_value_is_quoted_in_a_few_hundred_bytes_at_most() {
+    let huge = "x".repeat(70_000);
+    let kinesis: KinesisRecords = serde_json::from_value(json!({"Records": [
+        {"kinesis": {"data": 12, "partitionKey": huge, "sequenceNumber": huge}},
+        {"kinesis": {"data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD,
+            json!({"id": "e2", "type": "t", "timestamp": huge}).to_string()),
+            "partitionKey": "k", "sequenceNumber": "2", "approximateArrivalTimestamp": 1.0}}
+    ]}))
+    .unwrap();
+    let decoded = from_kinesis(kinesis);
+    assert_eq!(decoded.failures().len(), 2);
+    for (_, err) in decoded.failures() {
+        let text = err.to_string();
+        assert!(text.len() < 700, "{} bytes: {}", text.len(), &text[..200]);
+    }
+}
+
+// ---- aws-lambda-stream's compressed fields ----
+
+#[test]
+fn fields_aws_lambda_stream_compressed_are_restored_in_every_source() {
+    // made with Node's zlib exactly as aws-lambda-stream's compress() replacer makes them (a
+    // 12 KB entity, and a compressed string of a compressed value)
+    let wire = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/peer/compressed-event.json"
+    ))
+    .unwrap();
+    let expected: Event = fixture("peer/compressed-event.expected.json");
+    let check = |decoded: &Decoded| {
+        assert!(decoded.failures().is_empty(), "{:?}", decoded.failures());
+        let got = decoded.units()[0].event();
+        assert_eq!(got.entity("thing"), expected.entity("thing"));
+        assert_eq!(got.fields.get("raw"), expected.fields.get("raw"));
+        assert_eq!(got.id, "e-compressed-1");
+    };
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &wire);
+    let kinesis: KinesisRecords = serde_json::from_value(json!({"Records": [
+        {"kinesis": {"data": b64, "partitionKey": "t1", "sequenceNumber": "1",
+            "approximateArrivalTimestamp": 1.0}}
+    ]}))
+    .unwrap();
+    check(&from_kinesis(kinesis));
+    let sqs: SqsRecords = serde_json::from_value(json!({"Records": [
+        {"messageId": "m1", "body": wire, "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"}
+    ]}))
+    .unwrap();
+    check(&from_sqs(sqs));
+    let detail: Value = serde_json::from_str(&wire).unwrap();
+    let bridge = serde_json::from_value(json!({"version": "0", "id": "x", "detail-type": "thing-updated",
+        "source": "node-service", "account": "1", "time": "2023-11-14T22:13:20Z", "region": "us-east-1",
+        "resources": [], "detail": detail}))
+    .unwrap();
+    check(&from_eventbridge(bridge));
 }

@@ -12,7 +12,9 @@ use http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::http::{Received, Reply, reply};
-use crate::runtime::{Invoke, LocalFunction, invoke_async};
+use crate::invoke::Invoke;
+use crate::mapping::control::Controls;
+use crate::runtime::{LocalFunction, invoke_async};
 use crate::template::ACCOUNT;
 
 /// One HTTP API route.
@@ -61,6 +63,8 @@ pub struct Endpoint {
     pub functions: HashMap<String, Arc<LocalFunction>>,
     /// For asynchronous invocations' failure records.
     pub sqs: aws_sdk_sqs::Client,
+    /// The event source mappings, for `ListEventSourceMappings` and `UpdateEventSourceMapping`.
+    pub mappings: Arc<Controls>,
 }
 
 impl Endpoint {
@@ -69,6 +73,9 @@ impl Endpoint {
         let path = req.parts.uri.path().to_owned();
         if let Some(rest) = path.strip_prefix("/2015-03-31/functions/") {
             return self.invoke(rest, req).await;
+        }
+        if let Some(rest) = path.strip_prefix("/2015-03-31/event-source-mappings") {
+            return self.event_source_mappings(rest.trim_start_matches('/'), &req);
         }
         let method = req.parts.method.as_str().to_ascii_uppercase();
         let Some((route, params)) = self
@@ -89,6 +96,53 @@ impl Endpoint {
                 )
             }
         }
+    }
+
+    /// `ListEventSourceMappings` (`GET /`), `GetEventSourceMapping` (`GET /{uuid}`) and
+    /// `UpdateEventSourceMapping` (`PUT /{uuid}`, `Enabled` and `BatchSize`).
+    fn event_source_mappings(&self, uuid: &str, req: &Received) -> Reply {
+        let json_reply = |status, body: Value| {
+            let mut r = reply(status, body.to_string());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        };
+        if uuid.is_empty() {
+            let query: HashMap<String, String> = req
+                .parts
+                .uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+                .collect();
+            let list = self.mappings.list(
+                query.get("FunctionName").map(String::as_str),
+                query.get("EventSourceArn").map(String::as_str),
+            );
+            let described: Vec<Value> = list.iter().map(|c| c.describe()).collect();
+            return json_reply(StatusCode::OK, json!({"EventSourceMappings": described}));
+        }
+        let Some(control) = self.mappings.get(&percent_decode(uuid)) else {
+            let mut r = json_reply(
+                StatusCode::NOT_FOUND,
+                json!({"Type": "User", "message": format!("The resource you requested does not exist. (Service: Lambda, UUID: {uuid})")}),
+            );
+            r.headers_mut().insert(
+                "x-amzn-errortype",
+                http::HeaderValue::from_static("ResourceNotFoundException"),
+            );
+            return r;
+        };
+        if req.parts.method == http::Method::PUT {
+            let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            control.update(&body);
+            return json_reply(StatusCode::ACCEPTED, control.describe());
+        }
+        json_reply(StatusCode::OK, control.describe())
     }
 
     async fn invoke(&self, rest: &str, req: Received) -> Reply {

@@ -1,11 +1,20 @@
 //! The demo: the reference system end to end on the local stack.
 //!
 //! Commands go to `POST /commands` (command-intake) through the local HTTP API, a few of them
-//! invalid, one a duplicate, two rejected later by the business rules. They flow through the
+//! invalid, one a duplicate, three rejected later by the business rules, and four back to back
+//! on one thing (update, delete, rename of the deleted thing, create again). They flow through the
 //! commands table's stream (event-processor), the events table's stream (trigger), the bus and
 //! its rule to Kinesis (listener) into the views table; the rejected ones become fault events
 //! that the fault monitor stores in S3. The demo waits for the views, prints what happened and
 //! succeeds only if every view is what the commands imply.
+//!
+//! One thing, `thing-5`, has a view write that always fails transiently (the local stack
+//! throttles it for good, [`ALWAYS_THROTTLED`]): the listener retries it
+//! `IDEMPOTENCY_MAX_ATTEMPTS` times, then faults it with its data (`AttemptsExhausted`) and
+//! its shard moves on. Each retry delivers again the records behind it, which had completed:
+//! the idempotency guard skips them, so every other event's view is written exactly once. After
+//! three such batches in a row the listener's circuit breaker lowers its own mapping's batch
+//! size through the (local) Lambda API.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,6 +28,12 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::stack::Stack;
+
+/// The batch size the listener's circuit breaker lowers its mapping to (`template.yaml`).
+pub const BREAKER_BATCH_SIZE: usize = 10;
+
+/// The write the stack throttles for good: the view of `thing-5`.
+pub const ALWAYS_THROTTLED: (&str, &str) = ("DynamoDB.PutItem", "\"thing-5\"");
 
 /// One request the demo sends.
 #[derive(Debug, Clone)]
@@ -85,6 +100,15 @@ pub fn steps() -> Vec<Step> {
             ),
         ),
         ok(
+            "create thing-5",
+            command(
+                "thing",
+                "create-thing",
+                "r-13",
+                json!({"id": "thing-5", "name": "Shelf"}),
+            ),
+        ),
+        ok(
             "update thing-1",
             command(
                 "thing",
@@ -137,6 +161,38 @@ pub fn steps() -> Vec<Step> {
                 json!({"id": "thing-2", "color": "green"}),
             ),
         ),
+        // back to back on one thing: its events must apply in order, whatever the delivery
+        ok(
+            "update thing-1",
+            command(
+                "thing",
+                "update-thing",
+                "r-9",
+                json!({"id": "thing-1", "color": "yellow"}),
+            ),
+        ),
+        ok(
+            "delete thing-1",
+            command("thing", "delete-thing", "r-10", json!({"id": "thing-1"})),
+        ),
+        ok(
+            "rename deleted thing-1",
+            command(
+                "thing",
+                "update-thing",
+                "r-11",
+                json!({"id": "thing-1", "name": "Lamp 2"}),
+            ),
+        ),
+        ok(
+            "create thing-1 again",
+            command(
+                "thing",
+                "create-thing",
+                "r-12",
+                json!({"id": "thing-1", "name": "Lamp 2", "color": "white"}),
+            ),
+        ),
     ]
 }
 
@@ -145,7 +201,7 @@ pub fn expected_views() -> BTreeMap<&'static str, Expected> {
     BTreeMap::from([
         (
             "thing-1",
-            Expected::Live(BTreeMap::from([("name", "Lamp"), ("color", "blue")])),
+            Expected::Live(BTreeMap::from([("name", "Lamp 2"), ("color", "white")])),
         ),
         (
             "thing-2",
@@ -155,10 +211,12 @@ pub fn expected_views() -> BTreeMap<&'static str, Expected> {
     ])
 }
 
-/// Domain events the steps imply (creates, updates, the delete).
-pub const EXPECTED_EVENTS: usize = 6;
-/// Faults the steps imply (the unknown command, the create without a name).
-pub const EXPECTED_FAULTS: usize = 2;
+/// Domain events the steps imply: thing-1 created, updated twice, deleted and created again;
+/// thing-2 created and updated; thing-3 created and deleted; thing-5 created.
+pub const EXPECTED_EVENTS: usize = 10;
+/// Faults the steps imply: the unknown command, the create without a name, the rename of the
+/// deleted thing-1, and thing-5's view, which could never be written.
+pub const EXPECTED_FAULTS: usize = 4;
 
 /// What the demo saw.
 #[derive(Debug, Default)]
@@ -230,7 +288,7 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
         table("ViewsTable"),
         table("FaultsBucket"),
     );
-    let store = fault_monitor::FaultStore::new(S3::new(stack.clients.s3.clone(), bucket));
+    let store = S3::new(stack.clients.s3.clone(), bucket);
     let expected = expected_views();
 
     println!(
@@ -239,12 +297,11 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
     let started = Instant::now();
     let mut last_line = String::new();
     let (events, views, faults) = loop {
-        let events = scan(stack, &events_table).await?;
+        // the event log also holds each stream's snapshot and its rejections
+        let mut events = scan(stack, &events_table).await?;
+        events.retain(|e| e["discriminator"] == "event");
         let views = scan(stack, &views_table).await?;
-        let faults = store
-            .list(None, 100)
-            .await
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let faults = stored_faults(&store).await?;
         let done = events.len() >= EXPECTED_EVENTS
             && faults.len() >= EXPECTED_FAULTS
             && views_match(&expected, &views).is_empty();
@@ -270,9 +327,9 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
     for e in &events {
         let event = &e["event"];
         println!(
-            "  {:<8} {}  {:<14} {}",
+            "  {:<14} v{:<2} {:<14} {}",
             e["pk"].as_str().unwrap_or("?"),
-            e["sk"].as_str().unwrap_or("?"),
+            event["version"],
             event["type"].as_str().unwrap_or("?"),
             event["thing"]
         );
@@ -288,25 +345,39 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
                 "timestamp",
                 "lastModifiedBy",
                 "ttl",
+                "version",
             ] {
                 o.remove(k);
             }
         }
-        println!("  {:<8} {fields}", v["pk"].as_str().unwrap_or("?"));
+        println!(
+            "  {:<8} v{:<2} {fields}",
+            v["pk"].as_str().unwrap_or("?"),
+            v["version"]
+        );
     }
     println!(
         "\n== Faults stored in s3://{} ({})",
         names.get_ref("FaultsBucket").unwrap_or_default(),
         faults.len()
     );
-    for f in &faults {
+    for (key, f) in &faults {
         // a fault's message usually starts with its error's name already
-        let reason = if f.message.starts_with(&f.error) {
-            f.message.clone()
+        let reason = if f.err.message.starts_with(&f.err.name) {
+            f.err.message.clone()
         } else {
-            format!("{}: {}", f.error, f.message)
+            format!("{}: {}", f.err.name, f.err.message)
         };
-        println!("  {}  {} / {}  {reason}", f.id, f.function, f.pipeline);
+        let id = key
+            .rsplit('/')
+            .next()
+            .unwrap_or(key)
+            .trim_end_matches(".json");
+        println!(
+            "  {id}  {} / {}  {reason}",
+            f.tag("functionname").unwrap_or("?"),
+            f.tag("pipeline").unwrap_or("?")
+        );
     }
     println!("\n== Event source mappings and routes");
     for (key, c) in stack.activity.snapshot() {
@@ -315,6 +386,10 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
             c.invocations, c.delivered, c.filtered, c.retried, c.given_up
         );
     }
+
+    report
+        .problems
+        .extend(attempts_and_redeliveries(stack, &views_table, &faults));
 
     if events.len() != EXPECTED_EVENTS {
         report.problems.push(format!(
@@ -330,6 +405,97 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
     }
     report.problems.extend(views_match(&expected, &views));
     Ok(report)
+}
+
+/// What the idempotency guard did in the listener: thing-5 faulted with its data after its
+/// attempts, and no completed event applied twice although records came again.
+fn attempts_and_redeliveries(
+    stack: &Stack,
+    views_table: &str,
+    faults: &[(String, lambda_stream::FaultEvent)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let listener = stack
+        .activity
+        .snapshot()
+        .into_iter()
+        .filter(|(k, _)| k.split('/').next().is_some_and(|f| f.ends_with("listener")))
+        .fold((0, 0), |(d, r), (_, c)| (d + c.delivered, r + c.retried));
+    let view_writes = stack
+        .proxy
+        .writes()
+        .get(&format!("DynamoDB.PutItem {views_table}"))
+        .copied()
+        .unwrap_or(0);
+    // every event but thing-5's reaches its view once
+    let applied = EXPECTED_EVENTS as u64 - 1;
+    println!("\n== Redelivery and attempts (listener, idempotency guard, circuit breaker)");
+    println!(
+        "  {} records delivered in {} retried invocations for {EXPECTED_EVENTS} events; view writes sent {view_writes} (one per event whose view can be written: {applied})",
+        listener.0, listener.1
+    );
+    if view_writes != applied {
+        problems.push(format!(
+            "{view_writes} view writes sent for {applied} events: completed work was done again"
+        ));
+    }
+    // three batches in a row with thing-5 to retry trip the listener's breaker, which lowers
+    // its own mapping's batch size through the Lambda API
+    for m in stack.mappings.list(None, None) {
+        let d = m.describe();
+        if m.function.ends_with("listener") {
+            println!(
+                "  circuit breaker: {} mapping {}, batch size {}",
+                m.function,
+                d["State"].as_str().unwrap_or("?"),
+                m.batch_size()
+            );
+            if m.batch_size() != BREAKER_BATCH_SIZE {
+                problems.push(format!(
+                    "the listener's mapping has batch size {}, expected {BREAKER_BATCH_SIZE} once its breaker tripped",
+                    m.batch_size()
+                ));
+            }
+        }
+    }
+    let exhausted: Vec<&lambda_stream::FaultEvent> = faults
+        .iter()
+        .map(|(_, f)| f)
+        .filter(|f| f.err.name == "AttemptsExhausted")
+        .collect();
+    match exhausted.as_slice() {
+        [f] => {
+            let data = f
+                .uow
+                .records()
+                .first()
+                .and_then(|r| r["kinesis"]["data"].as_str());
+            let event: Option<lambda_stream::Event> = data
+                .and_then(|d| {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, d).ok()
+                })
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let thing = event
+                .as_ref()
+                .and_then(|e| e.entity("thing"))
+                .and_then(|t| t["id"].as_str())
+                .unwrap_or("?");
+            println!(
+                "  {thing}: faulted after its attempts with its record, to resubmit: {}",
+                f.err.message
+            );
+            if thing != "thing-5" {
+                problems.push(format!(
+                    "the AttemptsExhausted fault carries {thing}, not thing-5"
+                ));
+            }
+        }
+        other => problems.push(format!(
+            "{} AttemptsExhausted faults stored, expected one for thing-5",
+            other.len()
+        )),
+    }
+    problems
 }
 
 /// Every difference between the expected views and the rows read.
@@ -370,7 +536,28 @@ pub fn views_match(expected: &BTreeMap<&'static str, Expected>, rows: &[Value]) 
     problems
 }
 
-async fn scan(stack: &Stack, table: &str) -> Result<Vec<Value>, Error> {
+/// Every fault the fault monitor stored in `bucket`, with its key.
+pub async fn stored_faults(bucket: &S3) -> Result<Vec<(String, lambda_stream::FaultEvent)>, Error> {
+    let keys = bucket
+        .list(lambda_stream::faults::FAULTS_PREFIX)
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let mut faults = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Some(body) = bucket
+            .get(&key)
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?
+        else {
+            continue;
+        };
+        faults.push((key, serde_json::from_slice(&body)?));
+    }
+    Ok(faults)
+}
+
+/// Every item of `table`, as JSON, sorted by key.
+pub async fn scan(stack: &Stack, table: &str) -> Result<Vec<Value>, Error> {
     let out = stack
         .clients
         .dynamodb

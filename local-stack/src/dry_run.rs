@@ -1,8 +1,9 @@
-//! Dry runs: an AWS configuration whose HTTP client answers every call in memory and records
-//! the writes, so a handler's sinks write nowhere and the writes can be printed.
+//! Dry runs: an endpoint on loopback that answers every AWS call as the services would, in
+//! memory, and records the writes, so a function run against it writes nowhere and the writes
+//! can be printed ([`serve`]; [`config`] is the same for an SDK client in this process).
 //!
-//! Requests are recorded exactly as the SDK would send them (the operation and its JSON, form
-//! or object body). Writes succeed; reads find nothing (an empty query, a missing item or
+//! Requests are recorded exactly as the SDK sends them (the operation and its JSON, form or
+//! object body). Writes succeed; reads find nothing (an empty query, a missing item or
 //! object), which is what a handler meets on a fresh table.
 
 use std::sync::{Arc, Mutex};
@@ -40,10 +41,42 @@ impl Recorder {
     }
 }
 
+/// Serves the recording endpoint on a fresh loopback port: point a function's
+/// `AWS_ENDPOINT_URL` (and `AWS_ENDPOINT_URL_LAMBDA`) at it.
+pub async fn serve(recorder: Recorder) -> Result<crate::http::Server, crate::Error> {
+    Ok(crate::http::serve(move |req: crate::http::Received| {
+        let (status, body, headers) = answer(
+            &recorder,
+            req.parts.method.as_str(),
+            req.parts.uri.path(),
+            &req.parts.headers,
+            &req.body,
+        );
+        let mut reply = crate::http::reply(
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK),
+            body,
+        );
+        for (k, v) in headers {
+            if let Ok(v) = http::HeaderValue::from_str(&v) {
+                reply.headers_mut().insert(k, v);
+            }
+        }
+        std::future::ready(reply)
+    })
+    .await?)
+}
+
 /// An AWS configuration that writes to `recorder` and talks to nothing.
 pub fn config(recorder: Recorder) -> SdkConfig {
     let http = infallible_client_fn(move |req: http::Request<SdkBody>| {
-        let (status, body, headers) = answer(&recorder, &req);
+        let body = req.body().bytes().unwrap_or_default();
+        let (status, body, headers) = answer(
+            &recorder,
+            req.method().as_str(),
+            req.uri().path(),
+            req.headers(),
+            body,
+        );
         let mut response = http::Response::builder().status(status);
         for (k, v) in headers {
             response = response.header(k, v);
@@ -83,16 +116,16 @@ const WRITES: &[&str] = &[
 
 fn answer(
     recorder: &Recorder,
-    req: &http::Request<SdkBody>,
+    method: &str,
+    path: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
 ) -> (u16, String, Vec<(&'static str, String)>) {
-    let body = req.body().bytes().unwrap_or_default();
     let json_body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let target = req
-        .headers()
+    let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let path = req.uri().path();
     let (service, operation, request) = if let Some((prefix, op)) = target.split_once('.') {
         let service = match prefix {
             p if p.starts_with("DynamoDB") => "dynamodb",
@@ -128,7 +161,7 @@ fn answer(
             parts.next().unwrap_or_default(),
             parts.next().unwrap_or_default(),
         );
-        let op = match (req.method().as_str(), key.is_empty()) {
+        let op = match (method, key.is_empty()) {
             ("PUT", false) => "PutObject",
             ("DELETE", false) => "DeleteObject",
             ("GET", false) => "GetObject",

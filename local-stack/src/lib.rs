@@ -6,18 +6,26 @@
 //! - [`mapping`] emulates event source mappings (DynamoDB Streams, Kinesis, SQS), [`routes`]
 //!   delivers bus rules to the targets the emulator cannot, and [`api`] serves the HTTP API
 //!   routes and Lambda's Invoke API;
-//! - [`stack`] puts it together (`up`), [`demo`] drives the reference system end to end, and
+//! - [`proxy`] stands between the functions and the emulator: DynamoDB writes made atomic, and
+//!   [`chaos`] when asked (the faults AWS really returns);
+//! - [`stack`] puts it together (`up`), [`demo`] drives the reference system end to end,
+//!   [`load`] sends it many commands from concurrent clients and audits the result, and
 //!   [`replay`] runs a handler in-process on a captured event, optionally with writes captured
 //!   in memory ([`dry_run`]).
 
 pub mod api;
 pub mod binaries;
+pub mod chaos;
 pub mod demo;
+pub mod destination;
 pub mod dry_run;
 pub mod http;
+pub mod invoke;
+pub mod load;
 pub mod mapping;
 pub mod pattern;
 pub mod provision;
+pub mod proxy;
 pub mod replay;
 pub mod routes;
 pub mod runtime;
@@ -42,6 +50,16 @@ pub enum Error {
     /// JSON could not be written or read.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    /// A resource of the template could not be provisioned.
+    #[error("provisioning {resource} ({kind}): {source}")]
+    Provision {
+        /// Its logical id.
+        resource: String,
+        /// Its type.
+        kind: String,
+        /// Why.
+        source: Box<Error>,
+    },
     /// Anything else, said plainly.
     #[error("{0}")]
     Other(String),

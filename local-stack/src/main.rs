@@ -5,12 +5,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use fault_monitor::cli::FaultsArgs;
-use local_stack::dry_run::{self, Recorder};
 use local_stack::provision::names_only;
 use local_stack::stack::{Options, Stack};
 use local_stack::template::Template;
-use local_stack::{Error, demo, replay};
+use local_stack::{Error, chaos, demo, load, replay};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +36,33 @@ struct Cli {
     command: Command,
 }
 
+/// Fault injection and concurrency, for `up`, `demo` and `load`.
+#[derive(clap::Args, Clone, Copy)]
+struct Run {
+    /// Fault the functions' writes at this rate (0 to 1): throttles, lost responses and
+    /// partial batch failures, as AWS returns them; and duplicate and reorder records between
+    /// the bus and Kinesis. Printed by operation and kind.
+    #[arg(long, default_value_t = 0.0)]
+    chaos: f64,
+    /// The chaos' seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Instances of each function behind an HTTP API route (Lambda runs as many as there are
+    /// requests; stream and queue functions run one per event source).
+    #[arg(long, default_value_t = 4)]
+    instances: usize,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Run {
+            chaos: 0.0,
+            seed: 1,
+            instances: 1,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Provision the template's tables, streams, queues, bucket, bus and rules in the emulator,
@@ -48,6 +73,8 @@ enum Command {
         /// The HTTP API's (and Lambda Invoke API's) port on 127.0.0.1.
         #[arg(long, default_value_t = 3000)]
         port: u16,
+        #[command(flatten)]
+        run: Run,
     },
     /// `up`, then send the reference system a stream of commands (some invalid, one duplicate),
     /// print the events, views and faults they produce, stop everything, and exit 0 only if
@@ -56,10 +83,37 @@ enum Command {
         /// How long to wait for the views, in seconds.
         #[arg(long, default_value_t = 120)]
         wait: u64,
+        #[command(flatten)]
+        run: Run,
     },
-    /// Run a function's handler in-process on a captured event (for example one of `events/`):
-    /// its environment comes from the template; with `--dry-run` every write goes to memory and
-    /// is printed as a JSON line, then a one-line JSON summary (records, outcomes, elapsed ms).
+    /// `up`, then many commands on a few dozen things from concurrent clients (creates,
+    /// updates, deletes, back-to-back update/delete/update, rejected and invalid commands,
+    /// repeated request ids); wait for the system to settle, audit the event log, the views and
+    /// the stored faults against what the commands imply, print the figures, and exit 0 only
+    /// if every check holds.
+    Load {
+        /// Requests in all.
+        #[arg(long, default_value_t = 300)]
+        commands: usize,
+        /// Things they are about.
+        #[arg(long, default_value_t = 30)]
+        things: usize,
+        /// Clients sending at once.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// The workload's seed.
+        #[arg(long, default_value_t = 7)]
+        workload_seed: u64,
+        /// How long to wait for the system to settle, in seconds.
+        #[arg(long, default_value_t = 240)]
+        wait: u64,
+        #[command(flatten)]
+        run: Run,
+    },
+    /// Run a function of the template on a captured event (for example one of `events/`): its
+    /// own binary, built and run behind a local Runtime API with the template's environment;
+    /// with `--dry-run` every write goes to a recording endpoint instead of the emulator and is
+    /// printed as a JSON line, then a one-line JSON summary (records, outcomes, elapsed ms).
     Replay {
         /// The function: its template logical id, name or binary (e.g. `listener`).
         #[arg(long)]
@@ -71,9 +125,15 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List, show and resubmit the fault events the fault monitor stored (the bucket defaults
-    /// to the template's `FaultsBucketName` output for the stack).
-    Faults(FaultsArgs),
+    /// List, show and resubmit the fault events the fault monitor stored: the fault monitor's
+    /// `faults` command (`local-stack faults --help` shows its own), with the bucket defaulting
+    /// to the template's `FaultsBucketName` output for the stack.
+    #[command(disable_help_flag = true)]
+    Faults {
+        /// The `faults` command's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,27 +147,6 @@ fn main() -> ExitCode {
         .try_init();
 
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-    // replay's function and, for a dry run, its recorder: set up before any thread starts
-    let mut replayed = None;
-    if let Command::Replay {
-        function, dry_run, ..
-    } = &cli.command
-    {
-        let stack = cli.stack.clone().unwrap_or_else(|| "local".into());
-        let spec = match replay::find(&cli.template, &stack, &region, function) {
-            Ok(s) => s,
-            Err(e) => return fail(&e),
-        };
-        for (k, v) in replay::environment(&spec) {
-            // SAFETY: no other thread exists yet; the runtime is built below
-            unsafe { std::env::set_var(k, v) };
-        }
-        let recorder = dry_run.then(Recorder::default);
-        if let Some(r) = &recorder {
-            lambda_stream::aws::install(dry_run::config(r.clone()));
-        }
-        replayed = Some((spec, recorder));
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,24 +156,56 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Up { port } => {
-                up(&cli.template, cli.stack.as_deref().unwrap_or("local"), port).await
+            Command::Up { port, run } => {
+                let opts = options(
+                    &cli.template,
+                    cli.stack.as_deref().unwrap_or("local"),
+                    port,
+                    run,
+                );
+                up(&opts).await
             }
-            Command::Demo { wait } => {
-                let stack = cli.stack.unwrap_or_else(|| {
-                    format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
-                });
-                run_demo(&cli.template, &stack, Duration::from_secs(wait)).await
+            Command::Demo { wait, run } => {
+                let stack = cli.stack.unwrap_or_else(|| fresh("demo"));
+                let mut opts = options(&cli.template, &stack, 0, run);
+                let (op, text) = demo::ALWAYS_THROTTLED;
+                opts.always_throttle.push((op.to_owned(), text.to_owned()));
+                run_demo(&opts, Duration::from_secs(wait)).await
             }
-            Command::Replay { event, .. } => {
-                let Some((spec, recorder)) = replayed else {
-                    return ExitCode::FAILURE;
+            Command::Load {
+                commands,
+                things,
+                clients,
+                workload_seed,
+                wait,
+                run,
+            } => {
+                let stack = cli.stack.unwrap_or_else(|| fresh("load"));
+                let settings = load::Settings {
+                    commands,
+                    things,
+                    clients,
+                    seed: workload_seed,
+                    wait: Duration::from_secs(wait),
                 };
-                replay_cmd(&spec, &event, recorder.as_ref()).await
+                run_load(&options(&cli.template, &stack, 0, run), &settings).await
             }
-            Command::Faults(args) => {
+            Command::Replay {
+                function,
+                event,
+                dry_run,
+            } => {
+                let stack = cli.stack.clone().unwrap_or_else(|| "local".into());
+                replay_cmd(&cli.template, &stack, &region, &function, &event, dry_run).await
+            }
+            Command::Faults { args } => {
                 let stack = cli.stack.as_deref().unwrap_or("local");
-                args.run(faults_bucket(&cli.template, stack, &region)).await
+                faults_cmd(
+                    &cli.template,
+                    faults_bucket(&cli.template, stack, &region),
+                    &args,
+                )
+                .await
             }
         }
     })
@@ -145,7 +216,15 @@ fn fail(e: &Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn options(template: &Path, stack: &str, port: u16) -> Options {
+/// A fresh stack name, so runs never share resources.
+fn fresh(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+fn options(template: &Path, stack: &str, port: u16, run: Run) -> Options {
     let root = template
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -157,6 +236,27 @@ fn options(template: &Path, stack: &str, port: u16) -> Options {
         template: template.to_path_buf(),
         stack: stack.to_owned(),
         api_port: port,
+        http_instances: run.instances.max(1),
+        chaos: (run.chaos > 0.0).then_some((run.chaos, run.seed)),
+        always_throttle: Vec::new(),
+    }
+}
+
+/// What the chaos injected, if it was on.
+fn print_chaos(stack: &Stack) {
+    let Some(c) = &stack.chaos else { return };
+    let injected = c.injected();
+    let total: u64 = injected.values().sum();
+    if c.rate() > 0.0 {
+        println!(
+            "\n== Chaos at {:.0}%: {total} faults injected",
+            c.rate() * 100.0
+        );
+    } else {
+        println!("\n== Writes throttled for good: {total}");
+    }
+    for line in chaos::summary(&injected) {
+        println!("  {line}");
     }
 }
 
@@ -173,10 +273,9 @@ async fn interrupted() {
     }
 }
 
-async fn up(template: &Path, stack: &str, port: u16) -> ExitCode {
-    let opts = options(template, stack, port);
+async fn up(opts: &Options) -> ExitCode {
     let started = tokio::select! {
-        s = Stack::start(&opts, &progress) => s,
+        s = Stack::start(opts, &progress) => s,
         _ = interrupted() => return ExitCode::from(130),
     };
     let stack = match started {
@@ -219,6 +318,7 @@ async fn up(template: &Path, stack: &str, port: u16) -> ExitCode {
                         c.invocations, c.delivered, c.retried, c.given_up
                     );
                 }
+                print_chaos(&stack);
                 last = now;
             }
         }
@@ -227,43 +327,58 @@ async fn up(template: &Path, stack: &str, port: u16) -> ExitCode {
         _ = watch => {}
         _ = interrupted() => {}
     }
+    print_chaos(&stack);
     println!("\nStopping the functions and pollers...");
     stack.stop().await;
     ExitCode::SUCCESS
 }
 
-async fn run_demo(template: &Path, stack_name: &str, wait: Duration) -> ExitCode {
-    let started = Instant::now();
-    let opts = options(template, stack_name, 0);
-    println!("local-stack demo: stack `{stack_name}`");
+/// Starts a fresh stack, runs `scenario` on it, then prints what the chaos did and stops
+/// everything (on Ctrl-C too). `Err` is the exit code when it could not run to the end.
+async fn on_a_fresh_stack<T>(
+    opts: &Options,
+    what: &str,
+    scenario: impl for<'a> FnOnce(&'a Stack) -> futures::future::BoxFuture<'a, Result<T, Error>>,
+) -> Result<T, ExitCode> {
+    println!("local-stack {what}: stack `{}`", opts.stack);
     let stack = tokio::select! {
-        s = Stack::start(&opts, &progress) => match s {
-            Ok(s) => s,
-            Err(e) => return fail(&e),
-        },
-        _ = interrupted() => return ExitCode::from(130),
+        s = Stack::start(opts, &progress) => s.map_err(|e| fail(&e))?,
+        _ = interrupted() => return Err(ExitCode::from(130)),
     };
     let outcome = tokio::select! {
-        r = demo::run(&stack, wait) => Some(r),
+        r = scenario(&stack) => Some(r),
         _ = interrupted() => None,
     };
+    print_chaos(&stack);
     println!("\n· stopping the functions and pollers");
     stack.stop().await;
-    let elapsed = started.elapsed().as_secs_f64();
     match outcome {
         None => {
-            println!("interrupted after {elapsed:.1}s");
-            ExitCode::from(130)
+            println!("interrupted");
+            Err(ExitCode::from(130))
         }
-        Some(Err(e)) => fail(&e),
-        Some(Ok(report)) if report.problems.is_empty() => {
+        Some(Err(e)) => Err(fail(&e)),
+        Some(Ok(t)) => Ok(t),
+    }
+}
+
+async fn run_demo(opts: &Options, wait: Duration) -> ExitCode {
+    let started = Instant::now();
+    let report =
+        match on_a_fresh_stack(opts, "demo", |stack| Box::pin(demo::run(stack, wait))).await {
+            Ok(r) => r,
+            Err(code) => return code,
+        };
+    let elapsed = started.elapsed().as_secs_f64();
+    match report {
+        report if report.problems.is_empty() => {
             println!(
                 "\nRESULT: OK - every view matches what the commands imply ({elapsed:.1}s); function logs in {}",
                 opts.log_dir.display()
             );
             ExitCode::SUCCESS
         }
-        Some(Ok(report)) => {
+        report => {
             println!(
                 "\nRESULT: FAILED ({elapsed:.1}s); function logs in {}",
                 opts.log_dir.display()
@@ -276,11 +391,71 @@ async fn run_demo(template: &Path, stack_name: &str, wait: Duration) -> ExitCode
     }
 }
 
+async fn run_load(opts: &Options, settings: &load::Settings) -> ExitCode {
+    let started = Instant::now();
+    let settings = *settings;
+    let report = match on_a_fresh_stack(opts, "load", move |stack| {
+        Box::pin(async move { load::run(stack, &settings).await })
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let a = &report.audit;
+    println!("\n== Audit");
+    println!("  commands stored       {}", report.stored);
+    println!(
+        "  events                expected {}, found {}, doubled {}",
+        a.events_expected, a.events_found, a.events_doubled
+    );
+    println!(
+        "  views                 expected {}, right {}, wrong or missing {}",
+        a.views_expected,
+        a.views_right,
+        a.views_expected - a.views_right.min(a.views_expected)
+    );
+    println!(
+        "  faults                expected {}, stored {}",
+        a.faults_expected, a.faults_stored
+    );
+    println!(
+        "  intake                {:.1} accepted commands/s",
+        report.intake_per_second
+    );
+    if a.problems.is_empty() {
+        println!(
+            "\nRESULT: OK - every accepted command is one event, every rejected one one stored fault, every view as implied ({elapsed:.1}s)"
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "\nRESULT: FAILED ({elapsed:.1}s); function logs in {}",
+            opts.log_dir.display()
+        );
+        for p in a.problems.iter().take(40) {
+            println!("  - {p}");
+        }
+        if a.problems.len() > 40 {
+            println!("  ... and {} more", a.problems.len() - 40);
+        }
+        ExitCode::FAILURE
+    }
+}
+
 async fn replay_cmd(
-    spec: &local_stack::spec::FunctionSpec,
+    template: &Path,
+    stack: &str,
+    region: &str,
+    function: &str,
     event: &Path,
-    recorder: Option<&Recorder>,
+    dry_run: bool,
 ) -> ExitCode {
+    let spec = match replay::find(template, stack, region, function) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
     let bytes = match std::fs::read(event) {
         Ok(b) => b,
         Err(e) => {
@@ -290,7 +465,11 @@ async fn replay_cmd(
             )));
         }
     };
-    match replay::run(spec, &bytes, recorder).await {
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        return fail(&Error::Other(format!("the event is not JSON: {e}")));
+    }
+    let opts = options(template, &fresh("replay"), 0, Run::default());
+    match replay::run(&opts.root, &spec, &bytes, dry_run, &opts.log_dir).await {
         Ok((writes, summary)) => {
             for w in writes {
                 println!("{}", serde_json::to_string(&w).unwrap_or_default());
@@ -299,6 +478,30 @@ async fn replay_cmd(
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// Runs the fault monitor's `faults` command (built from the workspace) with `args`, its
+/// bucket defaulting to the stack's.
+async fn faults_cmd(template: &Path, bucket: Option<String>, args: &[String]) -> ExitCode {
+    let root = options(template, "faults", 0, Run::default()).root;
+    let exes = match local_stack::binaries::build(&root, &["faults"]).await {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
+    let Some(exe) = exes.get("faults") else {
+        return ExitCode::FAILURE;
+    };
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(args);
+    if std::env::var_os("FAULTS_BUCKET").is_none()
+        && let Some(bucket) = bucket
+    {
+        cmd.env("FAULTS_BUCKET", bucket);
+    }
+    match cmd.status().await {
+        Ok(status) => ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8),
+        Err(e) => fail(&Error::Io(e)),
     }
 }
 

@@ -147,6 +147,46 @@ pub fn names_only(template: &Template, stack: &str, region: &str) -> Result<Name
     Ok(names)
 }
 
+/// Creating a resource where "it exists already" (the SDK's own error variant, not its text)
+/// is a success: `None` then.
+fn created<T, E, R>(
+    result: Result<T, aws_smithy_runtime_api::client::result::SdkError<E, R>>,
+    exists: impl FnOnce(&E) -> bool,
+) -> Result<Option<T>, Error>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.as_service_error().is_some_and(exists) => Ok(None),
+        Err(e) => Err(Error::aws(e)),
+    }
+}
+
+/// What one resource became: its physical name, and the attributes the template can read.
+struct Made {
+    name: String,
+    reference: String,
+    attributes: Vec<(&'static str, String)>,
+}
+
+impl Made {
+    fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        Made {
+            reference: name.clone(),
+            name,
+            attributes: Vec::new(),
+        }
+    }
+
+    fn attr(mut self, attribute: &'static str, value: impl Into<String>) -> Self {
+        self.attributes.push((attribute, value.into()));
+        self
+    }
+}
+
 /// Provisions every resource of `template` for `stack` in the emulator behind `clients`.
 pub async fn provision(
     template: &Template,
@@ -156,166 +196,75 @@ pub async fn provision(
 ) -> Result<Provisioned, Error> {
     let mut names = Names::new(template, stack, region);
     let mut created = Vec::new();
-    let mut note = |id: &str, kind: &str, name: &str| {
-        created.push(Created {
-            logical_id: id.to_owned(),
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-        })
-    };
-    // a parameter that names an SSM parameter (`...Parameter: /path`) gets a local SecureString,
-    // so functions that read a secret at start-up find one
+    parameters(template, clients).await?;
     for (param, value) in &template.parameters {
         if param.ends_with("Parameter") && value.starts_with('/') {
-            let put = clients
-                .ssm
-                .put_parameter()
-                .name(value)
-                .value(format!("local-{}", param.to_ascii_lowercase()))
-                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-                .send()
-                .await;
-            if let Err(e) = put {
-                let e = Error::aws(e);
-                if !e.to_string().contains("ParameterAlreadyExists") {
-                    return Err(e);
-                }
-            }
-            note(param, "AWS::SSM::Parameter", value);
+            created.push(Created {
+                logical_id: param.clone(),
+                kind: "AWS::SSM::Parameter".into(),
+                name: value.clone(),
+            });
         }
     }
     // names that need nothing created
     for (id, r) in &template.resources {
         let p = &r.properties;
-        match r.kind.as_str() {
-            "AWS::IAM::Role" => {
-                let name = physical(&names, p, "RoleName", id)?;
-                names.set_attr(id, "Arn", format!("arn:aws:iam::{ACCOUNT}:role/{name}"));
-                names.set_ref(id, name);
-            }
-            "AWS::Logs::LogGroup" => {
-                let name = physical(&names, p, "LogGroupName", id)?;
-                names.set_attr(id, "Arn", arn("logs", region, &format!("log-group:{name}")));
-                names.set_ref(id, name);
-            }
+        let (field, rest): (&str, fn(&str, &str) -> String) = match r.kind.as_str() {
+            "AWS::IAM::Role" => ("RoleName", |_, n| {
+                format!("arn:aws:iam::{ACCOUNT}:role/{n}")
+            }),
+            "AWS::Logs::LogGroup" => ("LogGroupName", |region, n| {
+                arn("logs", region, &format!("log-group:{n}"))
+            }),
             "AWS::Serverless::Function" | "AWS::Lambda::Function" => {
-                let name = physical(&names, p, "FunctionName", id)?;
-                names.set_attr(
-                    id,
-                    "Arn",
-                    arn("lambda", region, &format!("function:{name}")),
-                );
-                names.set_ref(id, name);
+                ("FunctionName", |region, n| {
+                    arn("lambda", region, &format!("function:{n}"))
+                })
             }
-            _ => {}
-        }
+            _ => continue,
+        };
+        let name = physical(&names, p, field, id)?;
+        names.set_attr(id, "Arn", rest(region, &name));
+        names.set_ref(id, name);
     }
     for (id, r) in &template.resources {
         let p = &r.properties;
-        match r.kind.as_str() {
+        let kind = r.kind.as_str();
+        let made = match kind {
             "AWS::DynamoDB::Table" => {
-                let name = physical(&names, p, "TableName", id)?;
-                let (table_arn, stream_arn) = create_table(clients, &name, p).await?;
-                names.set_attr(id, "Arn", table_arn);
-                if let Some(s) = stream_arn {
-                    names.set_attr(id, "StreamArn", s);
-                }
-                names.set_ref(id, &name);
-                note(id, &r.kind, &name);
+                table(clients, physical(&names, p, "TableName", id)?, p).await
             }
             "AWS::Kinesis::Stream" => {
-                let name = physical(&names, p, "Name", id)?;
-                let shards = p.get("ShardCount").and_then(Value::as_i64).unwrap_or(1) as i32;
-                if let Err(e) = clients
-                    .kinesis
-                    .create_stream()
-                    .stream_name(&name)
-                    .shard_count(shards)
-                    .send()
-                    .await
-                {
-                    let e = Error::aws(e);
-                    if !e.to_string().contains("ResourceInUse") {
-                        return Err(e);
-                    }
-                }
-                names.set_attr(id, "Arn", arn("kinesis", region, &format!("stream/{name}")));
-                names.set_ref(id, &name);
-                note(id, &r.kind, &name);
+                stream(clients, region, physical(&names, p, "Name", id)?, p).await
             }
-            "AWS::S3::Bucket" => {
-                let name = physical(&names, p, "BucketName", id)?.to_ascii_lowercase();
-                if let Err(e) = clients.s3.create_bucket().bucket(&name).send().await {
-                    let e = Error::aws(e);
-                    if !e.to_string().contains("BucketAlreadyOwnedByYou") {
-                        return Err(e);
-                    }
-                }
-                names.set_attr(id, "Arn", format!("arn:aws:s3:::{name}"));
-                names.set_ref(id, &name);
-                note(id, &r.kind, &name);
-            }
-            "AWS::Events::EventBus" => {
-                let name = physical(&names, p, "Name", id)?;
-                if let Err(e) = clients
-                    .eventbridge
-                    .create_event_bus()
-                    .name(&name)
-                    .send()
-                    .await
-                {
-                    let e = Error::aws(e);
-                    if !e.to_string().contains("ResourceAlreadyExists") {
-                        return Err(e);
-                    }
-                }
-                names.set_attr(
-                    id,
-                    "Arn",
-                    arn("events", region, &format!("event-bus/{name}")),
-                );
-                names.set_ref(id, &name);
-                note(id, &r.kind, &name);
-            }
+            "AWS::S3::Bucket" => bucket(clients, physical(&names, p, "BucketName", id)?).await,
+            "AWS::Events::EventBus" => bus(clients, region, physical(&names, p, "Name", id)?).await,
             "AWS::SQS::Queue" => {
-                let fifo = p.get("FifoQueue").and_then(Value::as_bool) == Some(true);
-                let mut name = physical(&names, p, "QueueName", id)?;
-                if fifo && !name.ends_with(".fifo") {
-                    name.push_str(".fifo");
-                }
-                let mut req = clients.sqs.create_queue().queue_name(&name);
-                for (field, attr) in [
-                    ("VisibilityTimeout", QueueAttributeName::VisibilityTimeout),
-                    (
-                        "MessageRetentionPeriod",
-                        QueueAttributeName::MessageRetentionPeriod,
-                    ),
-                    ("DelaySeconds", QueueAttributeName::DelaySeconds),
-                    ("FifoQueue", QueueAttributeName::FifoQueue),
-                    (
-                        "ContentBasedDeduplication",
-                        QueueAttributeName::ContentBasedDeduplication,
-                    ),
-                ] {
-                    if let Some(v) = p.get(field) {
-                        req = req.attributes(attr, names.string(v)?);
-                    }
-                }
-                let url = req
-                    .send()
-                    .await
-                    .map_err(Error::aws)?
-                    .queue_url()
-                    .unwrap_or_default()
-                    .to_owned();
-                names.set_attr(id, "Arn", arn("sqs", region, &name));
-                names.set_attr(id, "QueueName", &name);
-                names.set_attr(id, "QueueUrl", &url);
-                names.set_ref(id, url);
-                note(id, &r.kind, &name);
+                queue(
+                    clients,
+                    region,
+                    &names,
+                    physical(&names, p, "QueueName", id)?,
+                    p,
+                )
+                .await
             }
-            _ => {}
+            _ => continue,
         }
+        .map_err(|source| Error::Provision {
+            resource: id.clone(),
+            kind: r.kind.clone(),
+            source: Box::new(source),
+        })?;
+        for (attribute, value) in made.attributes {
+            names.set_attr(id, attribute, value);
+        }
+        names.set_ref(id, made.reference);
+        created.push(Created {
+            logical_id: id.clone(),
+            kind: r.kind.clone(),
+            name: made.name,
+        });
     }
     // redrive policies name other queues, so they are set once every queue exists
     for (id, r) in template.of_kind("AWS::SQS::Queue") {
@@ -334,60 +283,193 @@ pub async fn provision(
     }
     let mut routes = Vec::new();
     for (id, r) in template.of_kind("AWS::Events::Rule") {
-        let p = &r.properties;
-        let name = physical(&names, p, "Name", id)?;
-        let bus = match p.get("EventBusName") {
-            Some(v) => names.string(v)?,
-            None => "default".to_owned(),
-        };
-        let pattern = names.resolve(p.get("EventPattern").unwrap_or(&Value::Null))?;
-        let rule_arn = put_rule(clients, &name, &bus, &pattern).await?;
+        let name = physical(&names, &r.properties, "Name", id)?;
+        let (rule_arn, rule_routes) = rule(clients, region, &names, id, &name, &r.properties)
+            .await
+            .map_err(|source| Error::Provision {
+                resource: id.to_owned(),
+                kind: r.kind.clone(),
+                source: Box::new(source),
+            })?;
         names.set_attr(id, "Arn", rule_arn);
         names.set_ref(id, &name);
-        for t in p
-            .get("Targets")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let target_id = t.get("Id").and_then(Value::as_str).unwrap_or("target");
-            let target_arn = names.string(t.get("Arn").unwrap_or(&Value::Null))?;
-            let input_path = t
-                .get("InputPath")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if target_arn.contains(":sqs:") {
-                let mut target = Target::builder().id(target_id).arn(&target_arn);
-                if let Some(path) = &input_path {
-                    target = target.input_path(path);
-                }
-                put_target(clients, &name, &bus, target).await?;
-                continue;
-            }
-            let shadow = format!("{name}-{target_id}-shadow");
-            let url = create_queue(clients, &shadow).await?;
-            let target = Target::builder()
-                .id(target_id)
-                .arn(arn("sqs", region, &shadow));
-            put_target(clients, &name, &bus, target).await?;
-            routes.push(Route {
-                name: format!("{id}/{target_id}"),
-                target_arn,
-                input_path,
-                partition_key_path: t
-                    .pointer("/KinesisParameters/PartitionKeyPath")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                queue_url: url,
-            });
-        }
-        note(id, &r.kind, &name);
+        routes.extend(rule_routes);
+        created.push(Created {
+            logical_id: id.to_owned(),
+            kind: r.kind.clone(),
+            name,
+        });
     }
     Ok(Provisioned {
         names,
         routes,
         created,
     })
+}
+
+/// A parameter that names an SSM parameter (`...Parameter: /path`) gets a local SecureString,
+/// so functions that read a secret at start-up find one.
+async fn parameters(template: &Template, clients: &Clients) -> Result<(), Error> {
+    for (param, value) in &template.parameters {
+        if param.ends_with("Parameter") && value.starts_with('/') {
+            let put = clients
+                .ssm
+                .put_parameter()
+                .name(value)
+                .value(format!("local-{}", param.to_ascii_lowercase()))
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .send()
+                .await;
+            created(put, |e| e.is_parameter_already_exists())?;
+        }
+    }
+    Ok(())
+}
+
+async fn table(clients: &Clients, name: String, p: &Value) -> Result<Made, Error> {
+    let (table_arn, stream_arn) = create_table(clients, &name, p).await?;
+    let mut made = Made::new(name).attr("Arn", table_arn);
+    if let Some(s) = stream_arn {
+        made = made.attr("StreamArn", s);
+    }
+    Ok(made)
+}
+
+async fn stream(clients: &Clients, region: &str, name: String, p: &Value) -> Result<Made, Error> {
+    let shards = p.get("ShardCount").and_then(Value::as_i64).unwrap_or(1) as i32;
+    let create = clients
+        .kinesis
+        .create_stream()
+        .stream_name(&name)
+        .shard_count(shards)
+        .send()
+        .await;
+    created(create, |e| e.is_resource_in_use_exception())?;
+    let stream_arn = arn("kinesis", region, &format!("stream/{name}"));
+    Ok(Made::new(name).attr("Arn", stream_arn))
+}
+
+async fn bucket(clients: &Clients, name: String) -> Result<Made, Error> {
+    let name = name.to_ascii_lowercase();
+    let create = clients.s3.create_bucket().bucket(&name).send().await;
+    created(create, |e| {
+        e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()
+    })?;
+    let bucket_arn = format!("arn:aws:s3:::{name}");
+    Ok(Made::new(name).attr("Arn", bucket_arn))
+}
+
+async fn bus(clients: &Clients, region: &str, name: String) -> Result<Made, Error> {
+    let create = clients
+        .eventbridge
+        .create_event_bus()
+        .name(&name)
+        .send()
+        .await;
+    created(create, |e| e.is_resource_already_exists_exception())?;
+    let bus_arn = arn("events", region, &format!("event-bus/{name}"));
+    Ok(Made::new(name).attr("Arn", bus_arn))
+}
+
+async fn queue(
+    clients: &Clients,
+    region: &str,
+    names: &Names,
+    mut name: String,
+    p: &Value,
+) -> Result<Made, Error> {
+    let fifo = p.get("FifoQueue").and_then(Value::as_bool) == Some(true);
+    if fifo && !name.ends_with(".fifo") {
+        name.push_str(".fifo");
+    }
+    let mut req = clients.sqs.create_queue().queue_name(&name);
+    for (field, attr) in [
+        ("VisibilityTimeout", QueueAttributeName::VisibilityTimeout),
+        (
+            "MessageRetentionPeriod",
+            QueueAttributeName::MessageRetentionPeriod,
+        ),
+        ("DelaySeconds", QueueAttributeName::DelaySeconds),
+        ("FifoQueue", QueueAttributeName::FifoQueue),
+        (
+            "ContentBasedDeduplication",
+            QueueAttributeName::ContentBasedDeduplication,
+        ),
+    ] {
+        if let Some(v) = p.get(field) {
+            req = req.attributes(attr, names.string(v)?);
+        }
+    }
+    let url = req
+        .send()
+        .await
+        .map_err(Error::aws)?
+        .queue_url()
+        .unwrap_or_default()
+        .to_owned();
+    let queue_arn = arn("sqs", region, &name);
+    let mut made = Made::new(&name)
+        .attr("Arn", queue_arn)
+        .attr("QueueName", &name)
+        .attr("QueueUrl", &url);
+    made.reference = url;
+    Ok(made)
+}
+
+/// A rule and its targets; targets the emulator cannot deliver to get a shadow queue (a route).
+async fn rule(
+    clients: &Clients,
+    region: &str,
+    names: &Names,
+    id: &str,
+    name: &str,
+    p: &Value,
+) -> Result<(String, Vec<Route>), Error> {
+    let bus = match p.get("EventBusName") {
+        Some(v) => names.string(v)?,
+        None => "default".to_owned(),
+    };
+    let pattern = names.resolve(p.get("EventPattern").unwrap_or(&Value::Null))?;
+    let rule_arn = put_rule(clients, name, &bus, &pattern).await?;
+    let mut routes = Vec::new();
+    for t in p
+        .get("Targets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let target_id = t.get("Id").and_then(Value::as_str).unwrap_or("target");
+        let target_arn = names.string(t.get("Arn").unwrap_or(&Value::Null))?;
+        let input_path = t
+            .get("InputPath")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if target_arn.contains(":sqs:") {
+            let mut target = Target::builder().id(target_id).arn(&target_arn);
+            if let Some(path) = &input_path {
+                target = target.input_path(path);
+            }
+            put_target(clients, name, &bus, target).await?;
+            continue;
+        }
+        let shadow = format!("{name}-{target_id}-shadow");
+        let url = create_queue(clients, &shadow).await?;
+        let target = Target::builder()
+            .id(target_id)
+            .arn(arn("sqs", region, &shadow));
+        put_target(clients, name, &bus, target).await?;
+        routes.push(Route {
+            name: format!("{id}/{target_id}"),
+            target_arn,
+            input_path,
+            partition_key_path: t
+                .pointer("/KinesisParameters/PartitionKeyPath")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            queue_url: url,
+        });
+    }
+    Ok((rule_arn, routes))
 }
 
 /// Creates a rule on `bus` with `pattern`; its ARN.
@@ -549,13 +631,9 @@ async fn create_table(
                 .map_err(|e| Error::Template(e.to_string()))?,
         );
     }
-    let description = match req.send().await {
-        Ok(out) => out.table_description,
-        Err(e) => {
-            let e = Error::aws(e);
-            if !e.to_string().contains("ResourceInUse") {
-                return Err(e);
-            }
+    let description = match created(req.send().await, |e| e.is_resource_in_use_exception())? {
+        Some(out) => out.table_description,
+        None => {
             clients
                 .dynamodb
                 .describe_table()

@@ -1,32 +1,25 @@
-//! Replay: a function's handler run in-process on a captured event.
+//! Replay: a function run on a captured event, as Lambda would run it.
 //!
-//! The function is found in the template (by logical id, function name or binary), its
-//! environment is the template's (resource names resolved for the stack name given), and its
-//! handler is the one its `main.rs` runs. With `--dry-run` the AWS configuration is
-//! [`crate::dry_run`]'s: every write lands in memory and is printed as a JSON line, then one
-//! summary line follows.
+//! The function is found in the template (by logical id, function name or binary) and its own
+//! binary is built and run behind a local Runtime API, with the template's environment
+//! (resource names resolved for the stack name given), so any function of the template can be
+//! replayed, a user's own included. With `--dry-run` its AWS endpoint is [`crate::dry_run`]'s
+//! recording endpoint instead of the emulator: every write lands in memory and is printed as a
+//! JSON line, then one summary line follows, with the outcomes the handler itself logged.
 
 use std::path::Path;
-use std::time::Instant;
 
-use lambda_stream::Handler;
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::Error;
 use crate::dry_run::{Recorder, Write};
+use crate::invoke::Invoke;
 use crate::provision::names_only;
+use crate::runtime::LocalFunction;
 use crate::spec::FunctionSpec;
 use crate::template::Template;
-
-/// The functions whose handlers this binary links, by cargo binary name.
-pub const REPLAYABLE: &[&str] = &[
-    "command-intake",
-    "event-processor",
-    "trigger",
-    "listener",
-    "fault-monitor",
-];
 
 /// The function `name` names in `template`, resolved for `stack`.
 pub fn find(template: &Path, stack: &str, region: &str, name: &str) -> Result<FunctionSpec, Error> {
@@ -61,44 +54,80 @@ pub struct Summary {
     pub elapsed_ms: u128,
 }
 
-/// Runs `spec`'s handler on `event` (the environment must already be set, see
-/// [`environment`]); with `recorder`, the AWS configuration must be the dry run's.
+/// What the handler logs when a batch is done (`records`, `done`, `faulted`, `retry`,
+/// `elapsed_ms`), found in its log.
+fn batch_processed(log: &str) -> Option<Value> {
+    log.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v["fields"].clone())
+        .find(|f| f["message"] == "batch processed")
+}
+
+/// Runs `spec`'s own binary (built from the workspace at `root`) on `event`, against the
+/// emulator (`AWS_ENDPOINT_URL`) or, `dry_run`, against a recording endpoint; its log goes to
+/// `log_dir`.
 pub async fn run(
+    root: &Path,
     spec: &FunctionSpec,
     event: &[u8],
-    recorder: Option<&Recorder>,
+    dry_run: bool,
+    log_dir: &Path,
 ) -> Result<(Vec<Write>, Summary), Error> {
-    let ctx = lambda_stream::testing::context(spec.timeout);
-    let started = Instant::now();
-    let (records, outcomes) = match spec.binary.as_str() {
-        "command-intake" => {
-            let text = std::str::from_utf8(event)
-                .map_err(|e| Error::Other(format!("the event is not UTF-8: {e}")))?;
-            let request = lambda_http::request::from_str(text).map_err(|e| {
-                Error::Other(format!("not an API Gateway or ALB request event: {e}"))
-            })?;
-            let intake = command_intake::Intake::from_env().await;
-            let response = intake.handle(request).await;
-            let status = response.status().as_u16();
-            let body = String::from_utf8_lossy(response.body().as_ref()).into_owned();
-            (
-                1,
-                json!({"status": status, "body": serde_json::from_str::<Value>(&body).unwrap_or(Value::String(body))}),
-            )
+    let exes = crate::binaries::build(root, &[&spec.binary]).await?;
+    let exe = exes
+        .get(&spec.binary)
+        .ok_or_else(|| Error::Other(format!("no binary for {}", spec.name)))?;
+    let mut spec = spec.clone();
+    // the handler's own summary is what replay reports: its log must say it
+    spec.environment.insert("RUST_LOG".into(), "info".into());
+    let recorder = dry_run.then(Recorder::default);
+    let _endpoint = match &recorder {
+        Some(r) => {
+            let server = crate::dry_run::serve(r.clone()).await?;
+            let url = format!("http://{}", server.addr);
+            for (k, v) in [
+                ("AWS_ENDPOINT_URL", url.as_str()),
+                ("AWS_ENDPOINT_URL_LAMBDA", url.as_str()),
+                ("AWS_ACCESS_KEY_ID", "dry-run"),
+                ("AWS_SECRET_ACCESS_KEY", "dry-run"),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+                ("AWS_CONFIG_FILE", "/dev/null"),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+            ] {
+                spec.environment.insert(k.into(), v.into());
+            }
+            Some(server)
         }
-        binary => {
-            let handler = handler_for(binary).await?;
-            let decoded = handler.decode_json(event).map_err(Error::Other)?;
-            let outcomes = handler.process(decoded, &handler.invocation(&ctx)).await;
-            let s = outcomes.summary();
-            (
-                s.records,
-                json!({"done": s.done, "faulted": s.faulted, "retry": s.retry}),
-            )
-        }
+        None => None,
     };
-    let elapsed_ms = started.elapsed().as_millis();
-    let writes = recorder.map(Recorder::take).unwrap_or_default();
+    std::fs::create_dir_all(log_dir)?;
+    let log = log_dir.join(format!("{}.log", spec.name));
+    let _ = std::fs::remove_file(&log);
+    let function = LocalFunction::start(spec.clone(), exe, log_dir, 1).await?;
+    let answer = function.invoke(Bytes::copy_from_slice(event)).await;
+    function.stop().await;
+    let answer = answer.map_err(|e| Error::Other(format!("{} failed: {e}", spec.name)))?;
+    let response: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let (records, outcomes, elapsed_ms) =
+        match (response.get("statusCode"), batch_processed(&logged)) {
+            // an HTTP function answers API Gateway
+            (Some(status), _) => {
+                let body = response["body"].as_str().unwrap_or_default();
+                let body = serde_json::from_str::<Value>(body)
+                    .unwrap_or_else(|_| Value::String(body.to_owned()));
+                (1, json!({"status": status, "body": body}), 0)
+            }
+            (None, Some(f)) => (
+                f["records"].as_u64().unwrap_or(0) as usize,
+                json!({"done": f["done"], "faulted": f["faulted"], "retry": f["retry"]}),
+                f["elapsed_ms"].as_u64().unwrap_or(0) as u128,
+            ),
+            (None, None) => (0, json!({"response": response}), 0),
+        };
+    let writes = recorder.map(|r| r.take()).unwrap_or_default();
     let count = writes.len();
     Ok((
         writes,
@@ -110,37 +139,4 @@ pub async fn run(
             elapsed_ms,
         },
     ))
-}
-
-async fn handler_for(binary: &str) -> Result<Handler, Error> {
-    let built = match binary {
-        "event-processor" => event_processor::from_env().await,
-        "trigger" => trigger::from_env().await,
-        "listener" => listener::from_env().await,
-        "fault-monitor" => fault_monitor::from_env().await,
-        other => {
-            return Err(Error::Other(format!(
-                "`{other}` cannot be replayed in-process: replay links {}; a function that holds a connection (connection-manager) is run with `up` instead",
-                REPLAYABLE.join(", ")
-            )));
-        }
-    };
-    built.map_err(|e| Error::Other(e.to_string()))
-}
-
-/// The environment `spec` runs with, as `(name, value)` pairs, for the caller to set before
-/// any thread starts.
-pub fn environment(spec: &FunctionSpec) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = spec.environment.clone().into_iter().collect();
-    env.push(("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone()));
-    env.push((
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
-        spec.memory.to_string(),
-    ));
-    // logs go to stderr, so stdout carries only the JSON lines
-    env.push((
-        "RUST_LOG".into(),
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-    ));
-    env
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::Error;
+use crate::chaos::{Chaos, Kind};
 use crate::mapping::Activity;
 use crate::provision::Route;
 use crate::runtime::{LocalFunction, invoke_async};
@@ -31,13 +32,15 @@ pub fn json_path<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     value.pointer(&rest.replace('.', "/"))
 }
 
-/// Drains one route's shadow queue until `stop` turns true.
+/// Drains one route's shadow queue until `stop` turns true; with `chaos`, records bound for
+/// Kinesis are duplicated and reordered at its rate.
 pub async fn drain(
     route: Route,
     kinesis: aws_sdk_kinesis::Client,
     sqs: aws_sdk_sqs::Client,
     functions: Arc<HashMap<String, Arc<LocalFunction>>>,
     activity: Arc<Activity>,
+    chaos: Option<Arc<Chaos>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let key = format!("route {}", route.name);
@@ -57,7 +60,25 @@ pub async fn drain(
                 continue;
             }
         };
-        for m in messages {
+        // chaos: some records twice, the batch in another order (as a PutEvents retry with
+        // several requests in flight, or EventBridge itself, may deliver them)
+        let mut order: Vec<usize> = (0..messages.len()).collect();
+        if let Some(chaos) = chaos
+            .as_ref()
+            .filter(|_| route.target_arn.contains(":kinesis:"))
+        {
+            let op = format!("route {}", route.name);
+            let twice: Vec<usize> = order.iter().copied().filter(|_| chaos.roll()).collect();
+            chaos.count(&op, Kind::Duplicated, twice.len() as u64);
+            order.extend(twice);
+            if chaos.roll() {
+                let moved = chaos.shuffle(&mut order);
+                chaos.count(&op, Kind::Reordered, moved as u64);
+            }
+        }
+        let mut ok = vec![true; messages.len()];
+        for i in order {
+            let m = &messages[i];
             let event: Value =
                 serde_json::from_str(m.body().unwrap_or_default()).unwrap_or(Value::Null);
             let input = route
@@ -104,33 +125,36 @@ pub async fn drain(
                 )))
             };
             match delivered {
-                Ok(()) => {
-                    activity.update(&key, |c| {
-                        c.delivered += 1;
-                        c.finished += 1;
-                    });
-                    if let Some(handle) = m.receipt_handle() {
-                        let _ = sqs
-                            .delete_message()
-                            .queue_url(&route.queue_url)
-                            .receipt_handle(handle)
-                            .send()
-                            .await;
-                    }
-                }
+                Ok(()) => activity.update(&key, |c| {
+                    c.delivered += 1;
+                    c.finished += 1;
+                }),
                 Err(e) => {
+                    ok[i] = false;
                     activity.update(&key, |c| c.retried += 1);
                     tracing::warn!(route = %route.name, error = %e, "delivery failed; it comes back");
-                    if let Some(handle) = m.receipt_handle() {
-                        let _ = sqs
-                            .change_message_visibility()
-                            .queue_url(&route.queue_url)
-                            .receipt_handle(handle)
-                            .visibility_timeout(1)
-                            .send()
-                            .await;
-                    }
                 }
+            }
+        }
+        for (m, ok) in messages.iter().zip(ok) {
+            let Some(handle) = m.receipt_handle() else {
+                continue;
+            };
+            if ok {
+                let _ = sqs
+                    .delete_message()
+                    .queue_url(&route.queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await;
+            } else {
+                let _ = sqs
+                    .change_message_visibility()
+                    .queue_url(&route.queue_url)
+                    .receipt_handle(handle)
+                    .visibility_timeout(1)
+                    .send()
+                    .await;
             }
         }
     }

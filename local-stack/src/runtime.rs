@@ -1,9 +1,10 @@
 //! Functions run as Lambda runs them: the built binary in its own process, with the template's
 //! environment, talking to a Lambda Runtime API that the local stack serves on loopback.
 //!
-//! One process per function takes one invocation at a time (a Lambda instance does the same);
-//! an invocation past the function's timeout kills the process, and a process that exits is
-//! started again, as Lambda replaces a failed sandbox.
+//! A function runs as one or more instances, each a process taking one invocation at a time (a
+//! Lambda instance does the same) from its own Runtime API; an invocation goes to a free
+//! instance. An invocation past the function's timeout kills its instance's process, and a
+//! process that exits is started again, as Lambda replaces a failed sandbox.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -21,37 +22,8 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use crate::Error;
 use crate::http::{Received, Reply, Server, reply, serve};
+use crate::invoke::{FunctionError, Invoke};
 use crate::spec::FunctionSpec;
-
-/// Why an invocation failed, as Lambda reports it.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{error_type}: {message}")]
-pub struct FunctionError {
-    /// `errorType` (for example `Sandbox.Timedout`).
-    pub error_type: String,
-    /// `errorMessage`.
-    pub message: String,
-}
-
-impl FunctionError {
-    /// An error of `error_type` with `message`.
-    pub fn new(error_type: &str, message: impl Into<String>) -> Self {
-        Self {
-            error_type: error_type.to_owned(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Something that can be invoked with a JSON payload: a local function, or in tests a closure.
-pub trait Invoke: Send + Sync {
-    /// The function's name (for logs and failure records).
-    fn name(&self) -> &str;
-    /// The function's ARN.
-    fn arn(&self) -> String;
-    /// One synchronous invocation.
-    fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Result<Bytes, FunctionError>>;
-}
 
 type Answer = Result<Bytes, FunctionError>;
 
@@ -134,70 +106,92 @@ impl Api {
     }
 }
 
-/// A function running in its own process behind a local Runtime API.
-pub struct LocalFunction {
-    spec: FunctionSpec,
+/// One instance: a process behind its own Runtime API.
+struct Instance {
     queue: mpsc::Sender<Pending>,
     api: Arc<Api>,
-    one_at_a_time: Semaphore,
     restart: Arc<Notify>,
     _server: Server,
+}
+
+/// A function running as processes behind local Runtime APIs.
+pub struct LocalFunction {
+    spec: FunctionSpec,
+    instances: Vec<Instance>,
+    /// Instances free to take an invocation.
+    free: std::sync::Mutex<Vec<usize>>,
+    turns: Semaphore,
     shutdown: watch::Sender<bool>,
-    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    supervisors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl LocalFunction {
-    /// Starts `exe` for `spec`, its output appended to `log_dir/<name>.log`.
-    pub async fn start(spec: FunctionSpec, exe: &Path, log_dir: &Path) -> Result<Arc<Self>, Error> {
-        let (queue, rx) = mpsc::channel(64);
-        let api = Arc::new(Api {
-            function_arn: spec.arn.clone(),
-            queue: tokio::sync::Mutex::new(rx),
-            in_flight: Mutex::new(HashMap::new()),
-        });
-        let server_api = Arc::clone(&api);
-        let server = serve(move |req| {
-            let api = Arc::clone(&server_api);
-            async move { api.handle(req).await }
-        })
-        .await?;
-        let restart = Arc::new(Notify::new());
+    /// Starts `instances` processes of `exe` for `spec` (at least one), their output appended to
+    /// `log_dir/<name>.log`.
+    pub async fn start(
+        spec: FunctionSpec,
+        exe: &Path,
+        log_dir: &Path,
+        instances: usize,
+    ) -> Result<Arc<Self>, Error> {
         let (shutdown, stop) = watch::channel(false);
         std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("{}.log", spec.name));
-        let mut env: Vec<(String, String)> = spec.environment.clone().into_iter().collect();
-        env.extend([
-            ("AWS_LAMBDA_RUNTIME_API".into(), server.addr.to_string()),
-            ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone()),
-            (
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
-                spec.memory.to_string(),
-            ),
-            ("AWS_LAMBDA_FUNCTION_VERSION".into(), "$LATEST".into()),
-            (
-                "AWS_LAMBDA_LOG_GROUP_NAME".into(),
-                format!("/aws/lambda/{}", spec.name),
-            ),
-            ("AWS_LAMBDA_LOG_STREAM_NAME".into(), "local".into()),
-            ("_HANDLER".into(), "bootstrap".into()),
-        ]);
-        let supervisor = tokio::spawn(supervise(
-            spec.name.clone(),
-            exe.to_owned(),
-            env,
-            log,
-            Arc::clone(&restart),
-            stop,
-        ));
+        let count = instances.max(1);
+        let mut started = Vec::with_capacity(count);
+        let mut supervisors = Vec::with_capacity(count);
+        for i in 0..count {
+            let (queue, rx) = mpsc::channel(64);
+            let api = Arc::new(Api {
+                function_arn: spec.arn.clone(),
+                queue: tokio::sync::Mutex::new(rx),
+                in_flight: Mutex::new(HashMap::new()),
+            });
+            let server_api = Arc::clone(&api);
+            let server = serve(move |req| {
+                let api = Arc::clone(&server_api);
+                async move { api.handle(req).await }
+            })
+            .await?;
+            let restart = Arc::new(Notify::new());
+            let mut env: Vec<(String, String)> = spec.environment.clone().into_iter().collect();
+            env.extend([
+                ("AWS_LAMBDA_RUNTIME_API".into(), server.addr.to_string()),
+                ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone()),
+                (
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
+                    spec.memory.to_string(),
+                ),
+                ("AWS_LAMBDA_FUNCTION_VERSION".into(), "$LATEST".into()),
+                (
+                    "AWS_LAMBDA_LOG_GROUP_NAME".into(),
+                    format!("/aws/lambda/{}", spec.name),
+                ),
+                ("AWS_LAMBDA_LOG_STREAM_NAME".into(), format!("local-{i}")),
+                ("_HANDLER".into(), "bootstrap".into()),
+            ]);
+            supervisors.push(tokio::spawn(supervise(
+                spec.name.clone(),
+                exe.to_owned(),
+                env,
+                log.clone(),
+                Arc::clone(&restart),
+                stop.clone(),
+            )));
+            started.push(Instance {
+                queue,
+                api,
+                restart,
+                _server: server,
+            });
+        }
         Ok(Arc::new(Self {
             spec,
-            queue,
-            api,
-            one_at_a_time: Semaphore::new(1),
-            restart,
-            _server: server,
+            instances: started,
+            free: std::sync::Mutex::new((0..count).rev().collect()),
+            turns: Semaphore::new(count),
             shutdown,
-            supervisor: Mutex::new(Some(supervisor)),
+            supervisors: Mutex::new(supervisors),
         }))
     }
 
@@ -206,17 +200,23 @@ impl LocalFunction {
         &self.spec
     }
 
-    /// Stops the process and waits until it has exited.
+    /// How many instances run it.
+    pub fn instances(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Stops the processes and waits until they have exited.
     pub async fn stop(&self) {
         let _ = self.shutdown.send(true);
-        let task = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = task {
+        let tasks =
+            std::mem::take(&mut *self.supervisors.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
             let _ = task.await;
         }
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -231,41 +231,48 @@ impl Invoke for LocalFunction {
 
     fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Answer> {
         Box::pin(async move {
-            let _turn = self.one_at_a_time.acquire().await.map_err(|_| {
-                FunctionError::new("Runtime.Stopped", "the local stack is stopping")
-            })?;
-            let id = uuid::Uuid::new_v4().to_string();
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            let (answer, answered) = oneshot::channel();
-            let pending = Pending {
-                id: id.clone(),
-                payload,
-                deadline_ms: (now + self.spec.timeout).as_millis(),
-                answer,
+            let stopping = || FunctionError::new("Runtime.Stopped", "the local stack is stopping");
+            let _turn = self.turns.acquire().await.map_err(|_| stopping())?;
+            // a turn guarantees a free instance
+            let Some(i) = self.free().pop() else {
+                return Err(stopping());
             };
-            self.queue.send(pending).await.map_err(|_| {
-                FunctionError::new("Runtime.Stopped", "the local stack is stopping")
-            })?;
-            match tokio::time::timeout(self.spec.timeout, answered).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(_)) => Err(FunctionError::new(
-                    "Runtime.ExitError",
-                    "the function's process exited during the invocation",
-                )),
-                Err(_) => {
-                    self.api.in_flight().remove(&id);
-                    self.restart.notify_one();
-                    Err(FunctionError::new(
-                        "Sandbox.Timedout",
-                        format!(
-                            "Task timed out after {} seconds",
-                            self.spec.timeout.as_secs()
-                        ),
-                    ))
+            let instance = &self.instances[i];
+            let answer = async {
+                let id = uuid::Uuid::new_v4().to_string();
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                let (answer, answered) = oneshot::channel();
+                let pending = Pending {
+                    id: id.clone(),
+                    payload,
+                    deadline_ms: (now + self.spec.timeout).as_millis(),
+                    answer,
+                };
+                instance.queue.send(pending).await.map_err(|_| stopping())?;
+                match tokio::time::timeout(self.spec.timeout, answered).await {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(_)) => Err(FunctionError::new(
+                        "Runtime.ExitError",
+                        "the function's process exited during the invocation",
+                    )),
+                    Err(_) => {
+                        instance.api.in_flight().remove(&id);
+                        instance.restart.notify_one();
+                        Err(FunctionError::new(
+                            "Sandbox.Timedout",
+                            format!(
+                                "Task timed out after {} seconds",
+                                self.spec.timeout.as_secs()
+                            ),
+                        ))
+                    }
                 }
             }
+            .await;
+            self.free().push(i);
+            answer
         })
     }
 }
@@ -335,16 +342,8 @@ fn spawn(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; it makes the kernel end the function's process when
-    // the local stack dies, even by SIGKILL, so nothing it started outlives it.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // nothing the local stack started outlives it
+    lambda_stream::testing::dies_with_parent(cmd.as_std_mut());
     cmd.spawn()
 }
 
@@ -379,7 +378,7 @@ pub async fn invoke_async(function: &LocalFunction, payload: Bytes, sqs: &aws_sd
     let mut last = None;
     for attempt in 0..=spec.async_retries {
         if attempt > 0 {
-            tokio::time::sleep(crate::mapping::retry_delay(attempt)).await;
+            tokio::time::sleep(crate::mapping::policy::retry_delay(attempt)).await;
         }
         match function.invoke(payload.clone()).await {
             Ok(_) => return,
@@ -398,7 +397,7 @@ pub async fn invoke_async(function: &LocalFunction, payload: Bytes, sqs: &aws_sd
         serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
     let record = async_failure_record(&spec.arn, &event, &error, spec.async_retries + 1);
     if let Err(e) =
-        crate::mapping::stream::send_to_queue_arn(sqs, destination, &record.to_string()).await
+        crate::destination::send_to_queue_arn(sqs, destination, &record.to_string()).await
     {
         tracing::error!(function = %spec.name, error = %e, "cannot send the failure record");
     }

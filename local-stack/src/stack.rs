@@ -13,12 +13,16 @@ use tokio::task::JoinHandle;
 
 use crate::Error;
 use crate::api::{Endpoint, HttpRoute};
+use crate::chaos::Chaos;
 use crate::http::{Server, serve_on};
+use crate::invoke::Invoke;
 use crate::mapping::Activity;
+use crate::mapping::control::{Controls, MappingControl};
 use crate::mapping::queue::QueuePoller;
 use crate::mapping::stream::{StreamClients, StreamPoller};
 use crate::provision::{Clients, Provisioned, provision, rule_to_function};
-use crate::runtime::{Invoke, LocalFunction};
+use crate::proxy::Proxy;
+use crate::runtime::LocalFunction;
 use crate::spec::{EventSource, FunctionSpec};
 use crate::template::Template;
 
@@ -35,6 +39,14 @@ pub struct Options {
     pub api_port: u16,
     /// Where the functions' logs go, one file each.
     pub log_dir: PathBuf,
+    /// Instances of each function behind an HTTP API route (the others run one per event
+    /// source, as a shard or queue feeds one invocation at a time).
+    pub http_instances: usize,
+    /// Fault injection between the functions and the emulator: rate (0 to 1) and seed.
+    pub chaos: Option<(f64, u64)>,
+    /// Writes throttled for good: (operation, text in the request), e.g.
+    /// `("DynamoDB.PutItem", "\"thing-5\"")` (see [`Chaos::always_throttle`]).
+    pub always_throttle: Vec<(String, String)>,
 }
 
 /// A running local stack.
@@ -49,9 +61,16 @@ pub struct Stack {
     pub activity: Arc<Activity>,
     /// Clients on the emulator.
     pub clients: Clients,
+    /// The fault injection, when on.
+    pub chaos: Option<Arc<Chaos>>,
+    /// What stands between the functions and the emulator (it counts the writes applied).
+    pub proxy: Arc<Proxy>,
+    /// The event source mappings, as `UpdateEventSourceMapping` left them.
+    pub mappings: Arc<Controls>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _server: Server,
+    _proxy: Server,
 }
 
 /// The emulator's endpoint from `AWS_ENDPOINT_URL`; the local stack refuses anything but
@@ -88,6 +107,27 @@ impl Stack {
     /// Provisions, builds and starts everything; `progress` hears each step.
     pub async fn start(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Self, Error> {
         let config = emulator_config().await?;
+        let (rate, seed) = opts.chaos.unwrap_or((0.0, 1));
+        let chaos = (rate > 0.0 || !opts.always_throttle.is_empty()).then(|| {
+            let chaos = opts
+                .always_throttle
+                .iter()
+                .fold(Chaos::new(rate, seed), |c, (op, text)| {
+                    c.always_throttle(op.clone(), text.clone())
+                });
+            Arc::new(chaos)
+        });
+        // the functions reach the emulator through the proxy: atomic DynamoDB writes, and chaos
+        let writes = Arc::new(Proxy::new(emulator_endpoint()?, chaos.clone()));
+        let proxy = writes.serve().await?;
+        if let Some(c) = chaos.as_ref().filter(|c| c.rate() > 0.0) {
+            progress(&format!(
+                "chaos: {:.0}% of the functions' writes faulted (seed {}) through http://{}; bus → Kinesis records duplicated and reordered",
+                c.rate() * 100.0,
+                opts.chaos.map_or(0, |(_, seed)| seed),
+                proxy.addr
+            ));
+        }
         let region = config
             .region()
             .map_or("us-east-1".to_owned(), |r| r.to_string());
@@ -116,10 +156,26 @@ impl Stack {
         for mut spec in specs {
             spec.environment
                 .insert("AWS_ENDPOINT_URL_LAMBDA".into(), format!("http://{api}"));
+            spec.environment
+                .insert("AWS_ENDPOINT_URL".into(), format!("http://{}", proxy.addr));
             let exe = exes
                 .get(&spec.binary)
                 .ok_or_else(|| Error::Other(format!("no binary for {}", spec.name)))?;
-            functions.push(LocalFunction::start(spec, exe, &opts.log_dir).await?);
+            let fed = spec
+                .events
+                .iter()
+                .filter(|e| matches!(e, EventSource::Stream(_) | EventSource::Queue(_)))
+                .count();
+            let http = spec
+                .events
+                .iter()
+                .any(|e| matches!(e, EventSource::Http { .. }));
+            let instances = if http {
+                opts.http_instances
+            } else {
+                fed.max(1)
+            };
+            functions.push(LocalFunction::start(spec, exe, &opts.log_dir, instances).await?);
         }
         let by_key: HashMap<String, Arc<LocalFunction>> = functions
             .iter()
@@ -140,6 +196,7 @@ impl Stack {
         };
         let mut tasks = Vec::new();
         let mut routes = Vec::new();
+        let controls = Arc::new(Controls::default());
         let mut mappings = 0;
         for f in &functions {
             let function: Arc<dyn Invoke> = Arc::clone(f) as Arc<dyn Invoke>;
@@ -148,12 +205,21 @@ impl Stack {
                 match event {
                     EventSource::Stream(m) => {
                         mappings += 1;
+                        let control = Arc::new(MappingControl::new(
+                            &f.spec().name,
+                            &f.spec().arn,
+                            &m.arn,
+                            m.batch_size,
+                        ));
+                        controls.add(Arc::clone(&control));
                         let poller = Arc::new(StreamPoller {
+                            control,
                             mapping: m.clone(),
                             function: Arc::clone(&function),
                             clients: stream_clients.clone(),
                             activity: Arc::clone(&activity),
                             region: region.clone(),
+                            chaos: chaos.clone(),
                         });
                         tasks.push(tokio::spawn(async move {
                             if let Err(e) = poller.run(stopped).await {
@@ -163,7 +229,15 @@ impl Stack {
                     }
                     EventSource::Queue(m) => {
                         mappings += 1;
+                        let control = Arc::new(MappingControl::new(
+                            &f.spec().name,
+                            &f.spec().arn,
+                            &m.arn,
+                            m.batch_size,
+                        ));
+                        controls.add(Arc::clone(&control));
                         let poller = Arc::new(QueuePoller {
+                            control,
                             mapping: m.clone(),
                             function: Arc::clone(&function),
                             sqs: clients.sqs.clone(),
@@ -194,9 +268,11 @@ impl Stack {
             let (kinesis, sqs) = (clients.kinesis.clone(), clients.sqs.clone());
             let (functions, activity, stopped) =
                 (Arc::clone(&by_key), Arc::clone(&activity), stopped.clone());
+            let chaos = chaos.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) =
-                    crate::routes::drain(route, kinesis, sqs, functions, activity, stopped).await
+                    crate::routes::drain(route, kinesis, sqs, functions, activity, chaos, stopped)
+                        .await
                 {
                     tracing::error!(error = %e, "route stopped");
                 }
@@ -219,6 +295,7 @@ impl Stack {
             routes: http_routes,
             functions: (*by_key).clone(),
             sqs: clients.sqs.clone(),
+            mappings: Arc::clone(&controls),
         });
         let server = serve_on(listener, move |req| {
             let endpoint = Arc::clone(&endpoint);
@@ -235,9 +312,13 @@ impl Stack {
             api,
             activity,
             clients,
+            chaos,
+            proxy: writes,
+            mappings: controls,
             stop,
             tasks,
             _server: server,
+            _proxy: proxy,
         })
     }
 

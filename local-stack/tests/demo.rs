@@ -5,8 +5,8 @@ use std::process::Command;
 
 #[test]
 fn the_demo_materializes_exactly_the_views_the_commands_imply() {
-    lambda_stream::testing::emulator_endpoint();
     let out = Command::new(env!("CARGO_BIN_EXE_local-stack"))
+        .envs(lambda_stream::testing::emulator_env())
         .args(["--template", "../template.yaml", "demo", "--wait", "120"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -16,7 +16,19 @@ fn the_demo_materializes_exactly_the_views_the_commands_imply() {
     assert!(out.status.success(), "demo failed\n{stdout}\n{stderr}");
     assert!(stdout.contains("RESULT: OK"), "{stdout}");
     assert!(
-        stdout.contains("8 accepted, 3 rejected with 400, 1 duplicate"),
+        stdout.contains("13 accepted, 3 rejected with 400, 1 duplicate"),
+        "{stdout}"
+    );
+    // thing-5's view write always fails: faulted with its data after its attempts, while the
+    // records behind it, delivered again with each retry, are not applied twice
+    assert!(
+        stdout.contains("thing-5: faulted after its attempts with its record"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("view writes sent 9 "), "{stdout}");
+    // and the listener's circuit breaker lowered its own mapping's batch size on the way
+    assert!(
+        stdout.contains("mapping Enabled, batch size 10"),
         "{stdout}"
     );
     assert!(
@@ -64,7 +76,7 @@ fn replay_dry_run_prints_writes_and_a_summary() {
     assert!(
         writes
             .iter()
-            .any(|w| w["operation"] == "UpdateItem"
+            .any(|w| w["operation"] == "PutItem"
                 && w["request"]["TableName"] == "local-ViewsTable")
     );
     assert!(

@@ -12,10 +12,11 @@ use futures::future::BoxFuture;
 use lambda_stream::connectors::{EventBridge, EventBridgeFaults};
 use lambda_stream::testing::{bus_to_queue, drain_queue, emulator, unique};
 use lambda_stream::{Handler, Pipeline, StepError};
+use local_stack::invoke::{FunctionError, Invoke};
 use local_stack::mapping::Activity;
+use local_stack::mapping::control::MappingControl;
 use local_stack::mapping::queue::QueuePoller;
 use local_stack::mapping::stream::{StreamClients, StreamPoller};
-use local_stack::runtime::{FunctionError, Invoke};
 use local_stack::spec::{QueueMapping, StreamKind, StreamMapping};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -73,14 +74,13 @@ impl Invoke for InProcess {
     }
     fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Result<Bytes, FunctionError>> {
         Box::pin(async move {
-            let decoded = self
-                .0
-                .decode_json(&payload)
-                .map_err(|e| FunctionError::new("Decode", e))?;
+            let event: lambda_stream::sources::KinesisRecords = serde_json::from_slice(&payload)
+                .map_err(|e| FunctionError::new("Runtime.UnmarshalError", e.to_string()))?;
             let ctx = lambda_stream::testing::context(Duration::from_secs(30));
-            let outcomes = self.0.process(decoded, &self.0.invocation(&ctx)).await;
-            let response = outcomes
-                .kinesis_response()
+            let response = self
+                .0
+                .handle::<lambda_stream::sources::Kinesis>(event, &ctx)
+                .await
                 .map_err(|e| FunctionError::new("Batch", e.to_string()))?;
             Ok(Bytes::from(serde_json::to_vec(&response).unwrap()))
         })
@@ -174,6 +174,15 @@ fn mapping(
     }
 }
 
+fn control() -> Arc<MappingControl> {
+    Arc::new(MappingControl::new(
+        "recording",
+        "arn:aws:lambda:us-east-1:123456789012:function:recording",
+        "arn:test",
+        100,
+    ))
+}
+
 /// Runs the poller until `finished` records are finished (or 30 s pass), then stops it.
 async fn run_until(poller: StreamPoller, finished: u64) -> Arc<Activity> {
     let activity = Arc::clone(&poller.activity);
@@ -223,6 +232,8 @@ async fn a_partial_failure_in_the_middle_resumes_at_the_reported_record() {
         clients: clients().await,
         activity: Arc::default(),
         region: "us-east-1".into(),
+        chaos: None,
+        control: control(),
     };
     let activity = run_until(poller, 10).await;
     let calls = function.calls();
@@ -249,6 +260,83 @@ async fn a_partial_failure_in_the_middle_resumes_at_the_reported_record() {
 }
 
 #[tokio::test]
+async fn with_chaos_records_that_succeeded_come_again_from_inside_their_batch() {
+    let arn = stream_with(&events(10)).await;
+    let function = Recording::new(|_, _| Ok(json!({"batchItemFailures": []})));
+    let chaos = Arc::new(local_stack::chaos::Chaos::new(1.0, 5));
+    let poller = StreamPoller {
+        mapping: mapping(&arn, 100, Some(3), None),
+        function: function.clone(),
+        clients: clients().await,
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+        chaos: Some(Arc::clone(&chaos)),
+        control: control(),
+    };
+    run_until(poller, 10).await;
+    let calls = function.calls();
+    assert!(
+        calls.len() > 1,
+        "every success of two or more records comes again"
+    );
+    let (first, second) = (seqs(&calls[0]), seqs(&calls[1]));
+    assert_eq!(first.len(), 10);
+    assert!(
+        second.len() < first.len() && first.ends_with(&second),
+        "the second delivery is the tail of the first: {first:?} then {second:?}"
+    );
+    let redelivered: u64 = chaos
+        .injected()
+        .iter()
+        .filter(|((_, kind), _)| *kind == local_stack::chaos::Kind::Redelivered)
+        .map(|(_, n)| n)
+        .sum();
+    let delivered: usize = calls.iter().map(|c| seqs(c).len()).sum();
+    assert_eq!(delivered as u64, 10 + redelivered);
+}
+
+#[tokio::test]
+async fn a_mapping_switched_off_delivers_nothing_and_its_batch_size_can_change() {
+    let arn = stream_with(&events(10)).await;
+    let function = Recording::new(|_, _| Ok(json!({"batchItemFailures": []})));
+    let control = control();
+    control.update(&json!({"Enabled": false, "BatchSize": 3}));
+    let poller = StreamPoller {
+        mapping: mapping(&arn, 100, Some(3), None),
+        function: function.clone(),
+        clients: clients().await,
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+        chaos: None,
+        control: Arc::clone(&control),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let activity = Arc::clone(&poller.activity);
+    let task = tokio::spawn(Arc::new(poller).run(stopped));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        function.calls().is_empty(),
+        "switched off: nothing delivered"
+    );
+    control.update(&json!({"Enabled": true}));
+    let started = Instant::now();
+    while activity
+        .snapshot()
+        .values()
+        .map(|c| c.finished)
+        .sum::<u64>()
+        < 10
+    {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    let sizes: Vec<usize> = function.calls().iter().map(|c| seqs(c).len()).collect();
+    assert_eq!(sizes, [3, 3, 3, 1], "batches of the updated size");
+}
+
+#[tokio::test]
 async fn an_invalid_item_identifier_retries_the_whole_batch() {
     let arn = stream_with(&events(3)).await;
     let function = Recording::new(|call, _| {
@@ -264,6 +352,8 @@ async fn an_invalid_item_identifier_retries_the_whole_batch() {
         clients: clients().await,
         activity: Arc::default(),
         region: "us-east-1".into(),
+        chaos: None,
+        control: control(),
     };
     run_until(poller, 3).await;
     let calls = function.calls();
@@ -294,6 +384,8 @@ async fn retries_are_bounded_and_the_batch_goes_to_the_on_failure_destination() 
         clients: clients().await,
         activity: Arc::default(),
         region: "us-east-1".into(),
+        chaos: None,
+        control: control(),
     };
     let activity = run_until(poller, 7).await;
     let calls = function.calls();
@@ -345,6 +437,8 @@ async fn bisecting_isolates_the_failing_record() {
         clients: clients().await,
         activity: Arc::default(),
         region: "us-east-1".into(),
+        chaos: None,
+        control: control(),
     };
     let activity = run_until(poller, 8).await;
     let failures = drain_queue(&url).await;
@@ -409,6 +503,8 @@ async fn a_poison_record_becomes_a_fault_event_while_the_rest_proceed() {
         clients: clients().await,
         activity: Arc::default(),
         region: "us-east-1".into(),
+        chaos: None,
+        control: control(),
     };
     let activity = run_until(poller, 6).await;
     let c = &activity.snapshot()["in-process/test"];
@@ -468,6 +564,7 @@ async fn sqs_redelivers_only_the_reported_messages() {
         sqs: sqs.clone(),
         activity: Arc::default(),
         region: "us-east-1".into(),
+        control: control(),
     });
     let activity = Arc::clone(&poller.activity);
     let (stop, stopped) = watch::channel(false);

@@ -7,7 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use local_stack::runtime::{Invoke, LocalFunction};
+use local_stack::invoke::Invoke;
+use local_stack::runtime::LocalFunction;
 use local_stack::spec::FunctionSpec;
 
 const RUNTIME: &str = r#"#!/bin/sh
@@ -43,7 +44,7 @@ async fn timeouts_kill_the_process_and_the_next_invocation_is_answered() {
         async_retries: 0,
         async_failure: None,
     };
-    let f = LocalFunction::start(spec, &exe, &dir).await.unwrap();
+    let f = LocalFunction::start(spec, &exe, &dir, 1).await.unwrap();
 
     let echo = f.invoke(Bytes::from_static(br#"{"n":1}"#)).await.unwrap();
     assert_eq!(&echo[..], br#"{"n":1}"#);

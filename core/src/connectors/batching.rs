@@ -1,13 +1,92 @@
-//! Size-aware batching with selective retry, shared by the batch APIs (EventBridge `PutEvents`,
-//! Kinesis `PutRecords`, SQS `SendMessageBatch`). Those APIs succeed partially: only the failed
-//! entries are sent again, with backoff and jitter, up to a bound.
+//! The batch APIs (EventBridge `PutEvents`, Kinesis `PutRecords`, SQS `SendMessageBatch`) in one
+//! place: a connector says what differs ([`BatchApi`]: its entries, their size, one request and
+//! its answer) and [`publish_all`] does the rest: requests sized to the limits, several at once,
+//! only the failed entries sent again (these APIs succeed partially), with backoff and jitter,
+//! up to a bound, and the answers put back in order.
 
 use std::future::Future;
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::{StreamExt, stream};
+use serde::Serialize;
 
 use crate::error::{ErrorClass, StepError};
-use crate::pipeline::Retry;
+use crate::event::{Event, FaultEvent};
+use crate::retry::Retry;
+
+/// Something published as an event: its JSON is the entry's detail (the record's data, the
+/// message body), its type the detail type, its partition key the shard or message group.
+pub trait Publishable: Serialize {
+    /// The event's id.
+    fn id(&self) -> &str;
+    /// The event's type.
+    fn event_type(&self) -> &str;
+    /// The event's partition key, if any.
+    fn partition_key(&self) -> Option<&str>;
+}
+
+// events and fault events carry the same three fields
+macro_rules! publishable {
+    ($($t:ty),*) => {$(
+        impl Publishable for $t {
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn event_type(&self) -> &str {
+                &self.event_type
+            }
+            fn partition_key(&self) -> Option<&str> {
+                self.partition_key.as_deref()
+            }
+        }
+    )*};
+}
+publishable!(Event, FaultEvent);
+
+impl<P: Publishable> Publishable for &P {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    fn event_type(&self) -> &str {
+        (**self).event_type()
+    }
+    fn partition_key(&self) -> Option<&str> {
+        (**self).partition_key()
+    }
+}
+
+/// What one batch API does differently from the others.
+pub trait BatchApi: Sync {
+    /// One entry of a request.
+    type Entry: Send + Sync;
+    /// The limits of a request.
+    fn limits(&self) -> &BatchLimits;
+    /// The entry for `event`; an error means it can never be sent (poison).
+    fn entry<P: Publishable>(&self, event: &P) -> Result<Self::Entry, StepError>;
+    /// The bytes the entry counts for, as the service counts them.
+    fn size(&self, entry: &Self::Entry) -> usize;
+    /// Sends one request of `entries`; the answer for each entry, in order.
+    fn send<'a>(
+        &'a self,
+        entries: Vec<&'a Self::Entry>,
+    ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>>;
+}
+
+/// Publishes `events` through `api`, one result per event, in order.
+pub async fn publish_all<A: BatchApi, P: Publishable>(
+    api: &A,
+    events: &[P],
+) -> Vec<Result<(), StepError>> {
+    let entries: Vec<Result<A::Entry, StepError>> = events.iter().map(|e| api.entry(e)).collect();
+    let sendable: Vec<&A::Entry> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
+    let sizes: Vec<usize> = sendable.iter().map(|e| api.size(e)).collect();
+    let results = send_all(&sizes, api.limits(), |idx| {
+        api.send(idx.iter().map(|i| sendable[*i]).collect())
+    })
+    .await;
+    merge(&entries, results)
+}
 
 /// The limits of one batch request, and how requests are sent.
 #[derive(Debug, Clone, Copy)]
@@ -25,21 +104,29 @@ pub struct BatchLimits {
 }
 
 impl BatchLimits {
+    /// The retry of failed entries the batch connectors start from: four attempts, 100 ms to
+    /// 2 s apart, the back-off the AWS SDKs use for throttled batch entries.
+    pub const RETRY: Retry = Retry {
+        attempts: 4,
+        min_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(2),
+    };
+
     /// These limits with the batch size (`BATCH_SIZE`, capped at the API's maximum) and the
-    /// requests in flight (`PUBLISH_PARALLEL`, else `PARALLEL`) taken from the environment.
-    pub fn from_env(self) -> Self {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()?
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-        };
+    /// requests in flight (`PUBLISH_PARALLEL`, else `PARALLEL`) the settings give.
+    ///
+    /// ```
+    /// use lambda_stream::{Settings, connectors::EVENTBRIDGE_LIMITS};
+    /// let mut settings = Settings::default();
+    /// settings.batch_size = Some(50);
+    /// assert_eq!(EVENTBRIDGE_LIMITS.tuned(&settings).max_count, 10);
+    /// ```
+    pub fn tuned(self, settings: &crate::Settings) -> Self {
         BatchLimits {
-            max_count: var("BATCH_SIZE").map_or(self.max_count, |n| n.min(self.max_count)),
-            parallel: var("PUBLISH_PARALLEL")
-                .or_else(|| var("PARALLEL"))
-                .unwrap_or(self.parallel),
+            max_count: settings
+                .batch_size
+                .map_or(self.max_count, |n| n.min(self.max_count)),
+            parallel: settings.publish_parallel(),
             ..self
         }
     }
@@ -68,7 +155,7 @@ fn copy(e: &StepError) -> StepError {
 /// Sends entries (given by their sizes) in requests within `limits`, up to `limits.parallel`
 /// requests at once; `send` gets the positions of one request's entries and answers per entry.
 /// Returns one result per entry.
-pub(crate) async fn send_all<F, Fut>(
+async fn send_all<F, Fut>(
     sizes: &[usize],
     limits: &BatchLimits,
     send: F,
@@ -175,17 +262,22 @@ where
         if again.is_empty() {
             return out;
         }
-        match delays.next() {
-            Some(delay) => {
+        // a retry never sleeps past the invocation's margin: what is left is retried later
+        let delay = delays.next();
+        let slept = match delay {
+            Some(delay) => crate::deadline::sleep_for_retry(delay).await,
+            None => false,
+        };
+        match delay {
+            Some(delay) if slept => {
                 tracing::debug!(
                     entries = again.len(),
                     ?delay,
-                    "retrying failed batch entries"
+                    "retried failed batch entries"
                 );
-                tokio::time::sleep(delay).await;
                 pending = again;
             }
-            None => {
+            _ => {
                 let e = last.unwrap_or_else(|| StepError::transient("batch entries failed"));
                 let e =
                     StepError::transient(format!("still failing after {attempts} attempts: {e}"))
@@ -199,7 +291,7 @@ where
 
 /// Puts the results of the sent entries back in place among the entries that could not be
 /// prepared (serialized), whose own errors stand.
-pub(crate) fn merge<T>(
+fn merge<T>(
     prepared: &[Result<T, StepError>],
     results: Vec<Result<(), StepError>>,
 ) -> Vec<Result<(), StepError>> {
@@ -218,7 +310,6 @@ pub(crate) fn merge<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn limits(max_count: usize, max_bytes: usize) -> BatchLimits {
         BatchLimits {
@@ -287,6 +378,43 @@ mod tests {
         assert_eq!(calls.into_inner().unwrap(), vec![vec![0, 1, 2], vec![1]]);
         assert!(results[0].is_ok() && results[1].is_ok());
         assert_eq!(results[2].as_ref().unwrap_err().class(), ErrorClass::Poison);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_sleeps_past_the_deadline_margin() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let mut slow = limits(10, 100);
+        slow.retry = Retry {
+            attempts: 5,
+            min_delay: Duration::from_millis(400),
+            max_delay: Duration::from_millis(400),
+        };
+        let limit = tokio::time::Instant::now() + Duration::from_millis(500);
+        let started = tokio::time::Instant::now();
+        let results = crate::deadline::bounded(
+            Some(limit),
+            send_all(&[1], &slow, |idx| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    Ok(idx
+                        .iter()
+                        .map(|_| EntryResult::Failed {
+                            code: "ThrottlingException".into(),
+                            message: "slow down".into(),
+                            transient: true,
+                        })
+                        .collect())
+                }
+            }),
+        )
+        .await;
+        // one retry fits before the limit (at ~400 ms, with jitter), a second would not
+        assert!(calls.into_inner() <= 2);
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(
+            results[0].as_ref().unwrap_err().class(),
+            ErrorClass::Transient
+        );
     }
 
     #[tokio::test]

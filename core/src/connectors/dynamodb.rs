@@ -3,14 +3,18 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, TransactWriteItem};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, KeysAndAttributes, Put,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 use serde_dynamo::aws_sdk_dynamodb_1 as dynamo;
 use serde_json::Value;
 
 use crate::aws::classify;
 use crate::error::StepError;
 use crate::expressions::Expression;
-use crate::pipeline::Retry;
+use crate::retry::Retry;
 
 /// What a conditional write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +26,15 @@ pub enum Written {
     Stale,
 }
 
+/// What a transaction did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transacted {
+    /// Every item was written.
+    Applied,
+    /// Nothing was written; each item's reason, in order (`ConditionalCheckFailed`, `None`...).
+    Cancelled(Vec<CancellationReason>),
+}
+
 /// An update of one item: its key and expression (see [`update_expression`](crate::expressions::update_expression)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpdateRequest {
@@ -31,6 +44,42 @@ pub struct UpdateRequest {
     pub key: Value,
     /// Update and condition.
     pub expression: Expression,
+}
+
+impl UpdateRequest {
+    /// The update as an item of a transaction, in `table` unless the request names one.
+    pub fn to_transact_item(&self, table: &str) -> Result<TransactWriteItem, StepError> {
+        let e = &self.expression;
+        let update = Update::builder()
+            .table_name(self.table.as_deref().unwrap_or(table))
+            .set_key(Some(item(&self.key)?))
+            .set_update_expression(e.update.clone())
+            .set_condition_expression(e.condition.clone())
+            .set_expression_attribute_names(names(e))
+            .set_expression_attribute_values(values(e)?)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(StepError::poison)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+}
+
+/// A put of `value` under an optional condition, as an item of a transaction.
+pub fn put_transact_item(
+    table: &str,
+    value: &Value,
+    condition: Option<&Expression>,
+) -> Result<TransactWriteItem, StepError> {
+    let (expression, names, values) = condition_parts(condition)?;
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item(value)?))
+        .set_condition_expression(expression)
+        .set_expression_attribute_names(names)
+        .set_expression_attribute_values(values)
+        .build()
+        .map_err(StepError::poison)?;
+    Ok(TransactWriteItem::builder().put(put).build())
 }
 
 /// A query of one table or index.
@@ -63,6 +112,20 @@ fn values(e: &Expression) -> Result<Option<HashMap<String, AttributeValue>>, Ste
 
 fn names(e: &Expression) -> Option<HashMap<String, String>> {
     (!e.names.is_empty()).then(|| e.names.clone())
+}
+
+/// An optional condition's expression, names and values, as the write builders take them.
+type ConditionParts = (
+    Option<String>,
+    Option<HashMap<String, String>>,
+    Option<HashMap<String, AttributeValue>>,
+);
+
+fn condition_parts(condition: Option<&Expression>) -> Result<ConditionParts, StepError> {
+    Ok(match condition {
+        Some(c) => (c.condition.clone(), names(c), values(c)?),
+        None => (None, None, None),
+    })
 }
 
 fn to_json(item: HashMap<String, AttributeValue>) -> Result<Value, StepError> {
@@ -126,17 +189,15 @@ impl DynamoDb {
         value: &Value,
         condition: Option<&Expression>,
     ) -> Result<Written, StepError> {
+        let (expression, names, values) = condition_parts(condition)?;
         let result = self
             .client
             .put_item()
             .table_name(table)
             .set_item(Some(item(value)?))
-            .set_condition_expression(condition.and_then(|c| c.condition.clone()))
-            .set_expression_attribute_names(condition.and_then(names))
-            .set_expression_attribute_values(match condition {
-                Some(c) => values(c)?,
-                None => None,
-            })
+            .set_condition_expression(expression)
+            .set_expression_attribute_names(names)
+            .set_expression_attribute_values(values)
             .send()
             .await;
         match result {
@@ -248,6 +309,26 @@ impl DynamoDb {
             }
         }
         Ok(out)
+    }
+
+    /// Writes items in one transaction, telling a cancellation (with each item's reason, in
+    /// order) from an error.
+    pub async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Transacted, StepError> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Transacted::Applied),
+            Err(err) => match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                    Ok(Transacted::Cancelled(c.cancellation_reasons().to_vec()))
+                }
+                _ => Err(classify(err)),
+            },
+        }
     }
 
     /// Writes items in one transaction (all or nothing).

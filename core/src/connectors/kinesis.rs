@@ -3,19 +3,17 @@
 //!
 //! Requests go one at a time: two requests in flight could land a key's records in the shard
 //! out of order. (A record retried after a later record of its key went through is out of order
-//! all the same; consumers guard with the timestamp condition, as `materialize` does.)
-
-use std::time::Duration;
+//! all the same; consumers guard with a version (or timestamp) condition.)
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 
-use super::batching::{BatchLimits, EntryResult, merge, send_all};
-use super::eventbridge::Publishable;
+use futures::future::BoxFuture;
+
+use super::batching::{BatchApi, BatchLimits, EntryResult, Publishable, publish_all};
 use crate::aws::classify;
 use crate::error::StepError;
-use crate::pipeline::Retry;
 
 /// The `PutRecords` limits.
 pub const KINESIS_LIMITS: BatchLimits = BatchLimits {
@@ -23,11 +21,7 @@ pub const KINESIS_LIMITS: BatchLimits = BatchLimits {
     max_bytes: 5 * 1024 * 1024,
     max_entry_bytes: 1024 * 1024,
     parallel: 1,
-    retry: Retry {
-        attempts: 4,
-        min_delay: Duration::from_millis(100),
-        max_delay: Duration::from_secs(2),
-    },
+    retry: BatchLimits::RETRY,
 };
 
 /// A connector over the Kinesis client, writing to one stream.
@@ -44,17 +38,19 @@ impl Kinesis {
         Kinesis {
             client,
             stream_name: stream_name.into(),
-            limits: BatchLimits {
-                parallel: 1,
-                ..KINESIS_LIMITS.from_env()
-            },
+            limits: KINESIS_LIMITS,
         }
     }
 
-    /// Over the shared client, to the stream named by `STREAM_NAME`.
-    pub async fn from_env() -> Self {
-        let stream = std::env::var("STREAM_NAME").unwrap_or_default();
-        Kinesis::new(crate::aws::kinesis().await.clone(), stream)
+    /// Over the shared client, to the settings' stream (`STREAM_NAME`), with their batch size;
+    /// one request at a time, so a key's records keep their order in the shard.
+    pub async fn from_settings(settings: &crate::Settings) -> Self {
+        Kinesis::new(crate::aws::kinesis().await.clone(), &settings.stream_name).with_limits(
+            BatchLimits {
+                parallel: 1,
+                ..KINESIS_LIMITS.tuned(settings)
+            },
+        )
     }
 
     /// Uses other limits.
@@ -66,54 +62,54 @@ impl Kinesis {
     /// Writes `events` as records (data: the event's JSON; partition key: the event's, else its
     /// id), one result per event, in order.
     pub async fn put_records<P: Publishable>(&self, events: &[P]) -> Vec<Result<(), StepError>> {
-        let data: Vec<Result<Vec<u8>, StepError>> = events
-            .iter()
-            .map(|e| serde_json::to_vec(e).map_err(StepError::from))
-            .collect();
-        let key = |e: &P| e.partition_key().unwrap_or(e.id()).to_owned();
-        let sendable: Vec<usize> = (0..events.len()).filter(|i| data[*i].is_ok()).collect();
-        // Kinesis counts the data and the partition key
-        let sizes: Vec<usize> = sendable
-            .iter()
-            .map(|i| data[*i].as_ref().map_or(0, Vec::len) + key(&events[*i]).len())
-            .collect();
-        let results = send_all(&sizes, &self.limits, |idx| {
-            let entries: Result<Vec<PutRecordsRequestEntry>, StepError> = idx
-                .iter()
-                .map(|i| {
-                    let at = sendable[*i];
-                    PutRecordsRequestEntry::builder()
-                        .data(Blob::new(data[at].as_deref().unwrap_or_default()))
-                        .partition_key(key(&events[at]))
-                        .build()
-                        .map_err(|e| StepError::poison(e.to_string()))
+        publish_all(self, events).await
+    }
+}
+
+impl BatchApi for Kinesis {
+    type Entry = PutRecordsRequestEntry;
+
+    fn limits(&self) -> &BatchLimits {
+        &self.limits
+    }
+
+    fn entry<P: Publishable>(&self, event: &P) -> Result<PutRecordsRequestEntry, StepError> {
+        PutRecordsRequestEntry::builder()
+            .data(Blob::new(serde_json::to_vec(event)?))
+            .partition_key(event.partition_key().unwrap_or(event.id()))
+            .build()
+            .map_err(|e| StepError::poison(e.to_string()))
+    }
+
+    // Kinesis counts the data and the partition key
+    fn size(&self, entry: &PutRecordsRequestEntry) -> usize {
+        entry.data().as_ref().len() + entry.partition_key().map_or(0, str::len)
+    }
+
+    fn send<'a>(
+        &'a self,
+        entries: Vec<&'a PutRecordsRequestEntry>,
+    ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>> {
+        let request = self
+            .client
+            .put_records()
+            .stream_name(&self.stream_name)
+            .set_records(Some(entries.into_iter().cloned().collect()));
+        Box::pin(async move {
+            let out = request.send().await.map_err(classify)?;
+            // every record-level error of PutRecords is throughput or an internal failure
+            Ok(out
+                .records
+                .into_iter()
+                .map(|r| match r.error_code {
+                    None => EntryResult::Ok,
+                    Some(code) => EntryResult::Failed {
+                        message: r.error_message.unwrap_or_default(),
+                        code,
+                        transient: true,
+                    },
                 })
-                .collect();
-            let (client, stream) = (self.client.clone(), self.stream_name.clone());
-            async move {
-                let out = client
-                    .put_records()
-                    .stream_name(stream)
-                    .set_records(Some(entries?))
-                    .send()
-                    .await
-                    .map_err(classify)?;
-                // every record-level error of PutRecords is throughput or an internal failure
-                Ok(out
-                    .records
-                    .into_iter()
-                    .map(|r| match r.error_code {
-                        None => EntryResult::Ok,
-                        Some(code) => EntryResult::Failed {
-                            message: r.error_message.unwrap_or_default(),
-                            code,
-                            transient: true,
-                        },
-                    })
-                    .collect())
-            }
+                .collect())
         })
-        .await;
-        merge(&data, results)
     }
 }

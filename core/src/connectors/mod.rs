@@ -10,11 +10,11 @@ mod s3;
 mod sns;
 mod sqs;
 
-pub use batching::{BatchLimits, EntryResult};
-pub use dynamodb::{DynamoDb, QueryRequest, UpdateRequest, Written};
-pub use eventbridge::{EVENTBRIDGE_LIMITS, EventBridge, EventBridgeFaults, Publishable};
+pub use batching::{BatchApi, BatchLimits, EntryResult, Publishable, publish_all};
+pub use dynamodb::{DynamoDb, QueryRequest, Transacted, UpdateRequest, Written, put_transact_item};
+pub use eventbridge::{EVENTBRIDGE_LIMITS, EventBridge, EventBridgeFaults};
 pub use kinesis::{KINESIS_LIMITS, Kinesis};
-pub use lambda::Lambda;
+pub use lambda::{Lambda, MappingState};
 pub use s3::S3;
 pub use sns::Sns;
-pub use sqs::{SQS_LIMITS, Sqs};
+pub use sqs::{Message, SQS_LIMITS, Sqs};

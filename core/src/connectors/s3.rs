@@ -22,10 +22,16 @@ impl S3 {
         }
     }
 
-    /// Over the shared client, for the bucket named by `BUCKET_NAME`.
-    pub async fn from_env() -> Self {
-        let bucket = std::env::var("BUCKET_NAME").unwrap_or_default();
-        S3::new(crate::aws::s3().await.clone(), bucket)
+    /// Over the shared client, for the settings' bucket (`BUCKET_NAME`).
+    pub async fn from_settings(settings: &crate::Settings) -> Self {
+        S3::new(crate::aws::s3().await.clone(), &settings.bucket_name)
+    }
+
+    /// Over the shared client, for the fault monitor's bucket (`FAULTS_BUCKET`), if the
+    /// settings name one: a handler's [`fault_store`](crate::HandlerBuilder::fault_store).
+    pub async fn faults(settings: &crate::Settings) -> Option<Self> {
+        let bucket = settings.faults_bucket.as_deref()?;
+        Some(S3::new(crate::aws::s3().await.clone(), bucket))
     }
 
     /// The bucket.
@@ -100,5 +106,17 @@ impl S3 {
             );
         }
         Ok(keys)
+    }
+}
+
+/// The fault monitor's bucket as a [`FaultStore`](crate::faults::FaultStore): whole faults land where
+/// the monitor stores the faults it receives.
+impl crate::faults::FaultStore for S3 {
+    fn store<'a>(
+        &'a self,
+        key: &'a str,
+        json: Vec<u8>,
+    ) -> futures::future::BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(self.put(key, json, "application/json"))
     }
 }

@@ -2,7 +2,7 @@
 
 use aws_sdk_sns::Client;
 
-use super::eventbridge::Publishable;
+use super::batching::Publishable;
 use crate::aws::classify;
 use crate::error::StepError;
 
@@ -22,10 +22,9 @@ impl Sns {
         }
     }
 
-    /// Over the shared client, to the topic named by `TOPIC_ARN`.
-    pub async fn from_env() -> Self {
-        let arn = std::env::var("TOPIC_ARN").unwrap_or_default();
-        Sns::new(crate::aws::sns().await.clone(), arn)
+    /// Over the shared client, to the settings' topic (`TOPIC_ARN`).
+    pub async fn from_settings(settings: &crate::Settings) -> Self {
+        Sns::new(crate::aws::sns().await.clone(), &settings.topic_arn)
     }
 
     /// Publishes `event` as the message (JSON); FIFO topics get its partition key as message

@@ -2,16 +2,14 @@
 //! sent again. FIFO queues get the event's partition key as message group and its id as the
 //! deduplication id, and their requests go one at a time so each group keeps its order.
 
-use std::time::Duration;
-
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
-use super::batching::{BatchLimits, EntryResult, merge, send_all};
-use super::eventbridge::Publishable;
+use futures::future::BoxFuture;
+
+use super::batching::{BatchApi, BatchLimits, EntryResult, Publishable, publish_all};
 use crate::aws::classify;
 use crate::error::StepError;
-use crate::pipeline::Retry;
 
 /// The `SendMessageBatch` limits.
 pub const SQS_LIMITS: BatchLimits = BatchLimits {
@@ -19,11 +17,7 @@ pub const SQS_LIMITS: BatchLimits = BatchLimits {
     max_bytes: 256 * 1024,
     max_entry_bytes: 256 * 1024,
     parallel: 4,
-    retry: Retry {
-        attempts: 4,
-        min_delay: Duration::from_millis(100),
-        max_delay: Duration::from_secs(2),
-    },
+    retry: BatchLimits::RETRY,
 };
 
 /// A connector over the SQS client, sending to one queue.
@@ -37,90 +31,111 @@ pub struct Sqs {
 impl Sqs {
     /// Sends to `queue_url`.
     pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
-        let queue_url = queue_url.into();
-        let mut limits = SQS_LIMITS.from_env();
-        if queue_url.ends_with(".fifo") {
-            limits.parallel = 1;
-        }
         Sqs {
             client,
-            queue_url,
-            limits,
+            queue_url: queue_url.into(),
+            limits: SQS_LIMITS,
         }
+        .with_limits(SQS_LIMITS)
     }
 
-    /// Over the shared client, to the queue named by `QUEUE_URL`.
-    pub async fn from_env() -> Self {
-        let url = std::env::var("QUEUE_URL").unwrap_or_default();
-        Sqs::new(crate::aws::sqs().await.clone(), url)
+    /// Over the shared client, to the settings' queue (`QUEUE_URL`), with their batch size and
+    /// parallelism.
+    pub async fn from_settings(settings: &crate::Settings) -> Self {
+        Sqs::new(crate::aws::sqs().await.clone(), &settings.queue_url)
+            .with_limits(SQS_LIMITS.tuned(settings))
     }
 
-    /// Uses other limits.
+    /// Uses other limits (a FIFO queue always sends one request at a time, so a group keeps its
+    /// order).
     pub fn with_limits(mut self, limits: BatchLimits) -> Self {
         self.limits = limits;
+        if self.queue_url.ends_with(".fifo") {
+            self.limits.parallel = 1;
+        }
         self
     }
 
-    /// Sends `events` as message bodies (JSON), one result per event, in order.
+    /// Sends `events` as message bodies (JSON), one result per event, in order; a FIFO queue
+    /// gets each event's partition key (else id) as message group and its id as deduplication
+    /// id.
     pub async fn send_message_batch<P: Publishable>(
         &self,
         events: &[P],
     ) -> Vec<Result<(), StepError>> {
+        publish_all(self, events).await
+    }
+}
+
+/// A message to send.
+pub struct Message {
+    body: String,
+    group: Option<String>,
+    deduplication: Option<String>,
+}
+
+impl BatchApi for Sqs {
+    type Entry = Message;
+
+    fn limits(&self) -> &BatchLimits {
+        &self.limits
+    }
+
+    fn entry<P: Publishable>(&self, event: &P) -> Result<Message, StepError> {
         let fifo = self.queue_url.ends_with(".fifo");
-        let bodies: Vec<Result<String, StepError>> = events
-            .iter()
-            .map(|e| serde_json::to_string(e).map_err(StepError::from))
-            .collect();
-        let sendable: Vec<usize> = (0..events.len()).filter(|i| bodies[*i].is_ok()).collect();
-        let sizes: Vec<usize> = sendable
-            .iter()
-            .map(|i| bodies[*i].as_ref().map_or(0, String::len))
-            .collect();
-        let results = send_all(&sizes, &self.limits, |idx| {
-            let entries: Result<Vec<SendMessageBatchRequestEntry>, StepError> = idx
-                .iter()
-                .enumerate()
-                .map(|(n, i)| {
-                    let event = &events[sendable[*i]];
-                    let mut entry = SendMessageBatchRequestEntry::builder()
-                        .id(n.to_string())
-                        .message_body(bodies[sendable[*i]].as_deref().unwrap_or_default());
-                    if fifo {
-                        entry = entry
-                            .message_group_id(event.partition_key().unwrap_or(event.id()))
-                            .message_deduplication_id(event.id());
-                    }
-                    entry.build().map_err(|e| StepError::poison(e.to_string()))
-                })
-                .collect();
-            let (client, url, n) = (self.client.clone(), self.queue_url.clone(), idx.len());
-            async move {
-                let out = client
-                    .send_message_batch()
-                    .queue_url(url)
-                    .set_entries(Some(entries?))
-                    .send()
-                    .await
-                    .map_err(classify)?;
-                let mut per_entry = vec![EntryResult::Ok; n];
-                for failed in out.failed {
-                    if let Some(slot) = failed
-                        .id
-                        .parse::<usize>()
-                        .ok()
-                        .and_then(|i| per_entry.get_mut(i))
-                    {
-                        *slot = EntryResult::Failed {
-                            transient: !failed.sender_fault,
-                            message: failed.message.unwrap_or_default(),
-                            code: failed.code,
-                        };
-                    }
-                }
-                Ok(per_entry)
-            }
+        Ok(Message {
+            body: serde_json::to_string(event)?,
+            group: fifo.then(|| event.partition_key().unwrap_or(event.id()).to_owned()),
+            deduplication: fifo.then(|| event.id().to_owned()),
         })
-        .await;
-        merge(&bodies, results)
+    }
+
+    fn size(&self, entry: &Message) -> usize {
+        entry.body.len()
+    }
+
+    fn send<'a>(
+        &'a self,
+        entries: Vec<&'a Message>,
+    ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>> {
+        let n = entries.len();
+        // an entry's id is its place in the request: the answer names the failed ones by it
+        let built: Result<Vec<SendMessageBatchRequestEntry>, StepError> = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&m.body)
+                    .set_message_group_id(m.group.clone())
+                    .set_message_deduplication_id(m.deduplication.clone())
+                    .build()
+                    .map_err(|e| StepError::poison(e.to_string()))
+            })
+            .collect();
+        let request = self.client.send_message_batch().queue_url(&self.queue_url);
+        Box::pin(async move {
+            let out = request
+                .set_entries(Some(built?))
+                .send()
+                .await
+                .map_err(classify)?;
+            let mut per_entry = vec![EntryResult::Ok; n];
+            for failed in out.failed {
+                if let Some(slot) = failed
+                    .id
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| per_entry.get_mut(i))
+                {
+                    *slot = EntryResult::Failed {
+                        transient: !failed.sender_fault,
+                        message: failed.message.unwrap_or_default(),
+                        code: failed.code,
+                    };
+                }
+            }
+            Ok(per_entry)
+        })
     }
 }

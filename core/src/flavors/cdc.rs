@@ -6,6 +6,7 @@ use crate::connectors::{DynamoDb, EventBridge, Kinesis, QueryRequest};
 use crate::error::StepError;
 use crate::event::Event;
 use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline};
+use crate::sinks::Publish;
 use crate::uow::UnitOfWork;
 
 type Query = Arc<dyn Fn(&UnitOfWork) -> Option<QueryRequest> + Send + Sync>;
@@ -53,14 +54,10 @@ impl From<Kinesis> for Target {
 /// # }
 /// ```
 pub struct Cdc<F> {
-    /// The pipeline id.
-    pub id: String,
-    /// The change types to publish (`thing-created`, ...).
-    pub event_type: EventType,
-    /// Maps a change and its related rows to the domain event.
-    pub to_event: F,
-    /// Where the events go: an EventBridge bus or a Kinesis stream.
-    pub target: Target,
+    id: String,
+    event_type: EventType,
+    to_event: F,
+    target: Target,
     query: Option<(DynamoDb, Query)>,
 }
 
@@ -125,8 +122,8 @@ where
                 Ok(uow.with(event))
             });
         match self.target {
-            Target::EventBridge(bus) => events.publish_to_event_bridge(bus).into_pipeline(),
-            Target::Kinesis(stream) => events.publish_to_kinesis(stream).into_pipeline(),
+            Target::EventBridge(bus) => events.pipe(Publish(bus)).into_pipeline(),
+            Target::Kinesis(stream) => events.pipe(Publish(stream)).into_pipeline(),
         }
     }
 }

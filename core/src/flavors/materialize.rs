@@ -3,14 +3,14 @@ use serde_json::Value;
 use crate::connectors::{DynamoDb, UpdateRequest};
 use crate::error::StepError;
 use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline};
-use crate::sinks::UpdateOptions;
+use crate::sinks::Update;
 use crate::uow::UnitOfWork;
 
 /// Materializes events into a DynamoDB table (a listener's CQRS view): filter by event type →
 /// `to_update_request` → update, guarded by the timestamp condition when the request has one.
 ///
-/// - Events this service published itself (`tags.source` equal to `SERVICE`) are skipped, so a
-///   service does not re-materialize its own output.
+/// - With [`skip_events_from`](Materialize::skip_events_from), events a service published itself
+///   are skipped, so it does not re-materialize its own output.
 /// - Every write sets `latched: true`, so a cdc trigger on the same table recognises the row as
 ///   a view and does not publish it back to the bus.
 ///
@@ -37,24 +37,19 @@ use crate::uow::UnitOfWork;
 /// ```
 pub struct Materialize<F> {
     /// The pipeline id.
-    pub id: String,
-    /// The event types to materialize.
-    pub event_type: EventType,
-    /// Maps a unit to its update.
-    pub to_update_request: F,
-    /// The connector.
-    pub db: DynamoDb,
-    /// Table and parallelism.
-    pub options: UpdateOptions,
-    /// This service's name; its own events are skipped (default `SERVICE`).
-    pub service: Option<String>,
+    id: String,
+    event_type: EventType,
+    to_update_request: F,
+    sink: Update,
+    skip_source: Option<String>,
 }
 
 impl<F> Materialize<F>
 where
     F: Fn(&UnitOfWork) -> Result<UpdateRequest, StepError> + Send + Sync + 'static,
 {
-    /// A rule with the default options from the environment.
+    /// A rule writing to the handler's table (`ENTITY_TABLE_NAME` in its settings) at its
+    /// parallelism; see the builder methods for others.
     pub fn new(
         id: impl Into<String>,
         event_type: impl Into<EventType>,
@@ -65,10 +60,29 @@ where
             id: id.into(),
             event_type: event_type.into(),
             to_update_request,
-            db,
-            options: UpdateOptions::default(),
-            service: std::env::var("SERVICE").ok().filter(|s| !s.is_empty()),
+            sink: Update::new(db),
+            skip_source: None,
         }
+    }
+
+    /// Writes to `table` when the request names none.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.sink = self.sink.table(table);
+        self
+    }
+
+    /// Writes up to `n` keys at once.
+    pub fn parallel(mut self, n: usize) -> Self {
+        self.sink = self.sink.parallel(n);
+        self
+    }
+
+    /// Skips events whose `source` tag is `service`: a service that writes its views directly
+    /// does not materialize its own output again (aws-lambda-stream's listeners do this with
+    /// their `SERVICE`).
+    pub fn skip_events_from(mut self, service: impl Into<String>) -> Self {
+        self.skip_source = Some(service.into());
+        self
     }
 }
 
@@ -79,7 +93,7 @@ where
     fn into_pipeline(self) -> AssembledPipeline {
         let to_update_request = self.to_update_request;
         let mut pipeline = Pipeline::new(self.id).on_event_type(self.event_type);
-        if let Some(service) = self.service {
+        if let Some(service) = self.skip_source {
             pipeline = pipeline.on(move |uow| uow.event().tag("source") != Some(service.as_str()));
         }
         pipeline
@@ -88,7 +102,7 @@ where
                 request.expression = request.expression.set("latched", Value::Bool(true));
                 Ok(uow.with(request))
             })
-            .update(self.db, self.options)
+            .pipe(self.sink)
             .into_pipeline()
     }
 }

@@ -2,7 +2,9 @@
 //! [`HandlerBuilder::pipelines`](crate::HandlerBuilder::pipelines).
 
 mod cdc;
+mod circuit_breaker;
 mod materialize;
 
 pub use cdc::{Cdc, Target};
+pub use circuit_breaker::{ALARM_STATE_CHANGE, CircuitBreakerRule, SCHEDULED_EVENT};
 pub use materialize::Materialize;

@@ -3,40 +3,47 @@
 //! A handler runs every enabled pipeline on the units its rule accepts (fan-out) and merges
 //! their outcomes per record (the worst wins: retry, then faulted, then done).
 //!
-//! Steps run stage by stage over the whole micro-batch: every unit finishes step *n* before any
-//! starts step *n + 1*. That keeps order per key by construction (a unit sent back for retry
-//! stops the later units of its key within the same stage, so none of them reaches a later
-//! stage), costs nothing in throughput that matters for micro-batches (each async stage still
-//! runs `parallel` keys at once, and pipelines run concurrently), and makes each stage easy to
-//! test.
+//! Steps are pipelined: a unit goes on to the next step as soon as it leaves one, without
+//! waiting for the other units. Async steps run up to `parallel` keys at once and a key's units
+//! one after another, in batch order; once a unit is retry, the later units of its key start
+//! no step. So the units that start early finish early, whatever the deadline.
+//!
+//! `batch` gathers the units ready together; `group_by` and `compact` wait for every unit
+//! that reaches them (put them before slow steps).
 
-mod lanes;
-mod retry;
+mod gate;
+mod gather;
+mod limit;
+mod ordered;
 mod rule;
-mod stage;
+mod run;
+mod step;
 
-use std::collections::HashMap;
 use std::future::{Future, ready};
-use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, stream};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use futures::stream::{BoxStream, StreamExt};
 
-pub use retry::Retry;
+pub(crate) use gate::{KeyGate, Takers};
+pub(crate) use ordered::each;
 pub use rule::EventType;
-pub(crate) use stage::{Cause, StageCtx, Verdict};
+pub(crate) use run::{BLOCKED, Blocked, Cause, NOT_STARTED, RaisedFault, RunCtx, panic_error};
+pub use step::Step;
 
 use crate::error::{ErrorClass, StepError};
-use crate::uow::{Batch, Compacted, Group, UnitOfWork, Work, anchor_of, first_position};
+use crate::retry::Retry;
+use crate::settings::Settings;
+use crate::uow::{Batch, Compacted, Group, UnitOfWork, Work, anchor_of, keys_of};
+use limit::Limiter;
 use rule::Rule;
-use stage::{Blocked, panic_error};
 
-type RunFn<T> =
-    Arc<dyn Fn(Arc<StageCtx>, Vec<UnitOfWork>) -> BoxFuture<'static, Vec<T>> + Send + Sync>;
+/// The items flowing out of a step.
+pub(crate) type Items<T> = BoxStream<'static, T>;
+
+type Build<T> = Arc<dyn Fn(Arc<RunCtx>, Items<UnitOfWork>) -> Items<T> + Send + Sync>;
 
 /// A named chain of steps, producing items of type `T`.
 ///
@@ -63,29 +70,25 @@ type RunFn<T> =
 pub struct Pipeline<T = UnitOfWork> {
     id: Arc<str>,
     rule: Rule,
-    parallel: usize,
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
-    run: RunFn<T>,
-}
-
-fn default_parallel() -> usize {
-    std::env::var("PARALLEL")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .filter(|p| *p > 0)
-        .unwrap_or(4)
+    /// `None`: the handler's settings decide, at run time.
+    parallel: Option<usize>,
+    limiter: Option<Arc<Limiter>>,
+    gathers: bool,
+    build: Build<T>,
 }
 
 impl Pipeline<UnitOfWork> {
     /// A pipeline that accepts every event; narrow it with [`on_event_type`](Self::on_event_type)
-    /// and [`on`](Self::on). `parallel` defaults to the `PARALLEL` environment variable, else 4.
+    /// and [`on`](Self::on). Its async steps run as many keys at once as the handler's settings
+    /// say (`PARALLEL`, else 4) unless [`parallel`](Self::parallel) says otherwise.
     pub fn new(id: impl Into<String>) -> Self {
         Pipeline {
             id: Arc::from(id.into()),
             rule: Rule::default(),
-            parallel: default_parallel(),
+            parallel: None,
             limiter: None,
-            run: Arc::new(|_, units| Box::pin(ready(units))),
+            gathers: false,
+            build: Arc::new(|_, units| units),
         }
     }
 }
@@ -102,7 +105,8 @@ impl<T: Work> Pipeline<T> {
         self
     }
 
-    /// Accept only units the content filter passes (in addition to the event type).
+    /// Accept only units the content filter passes (in addition to the event type). A filter
+    /// that panics faults the unit in this pipeline.
     pub fn on(mut self, filter: impl Fn(&UnitOfWork) -> bool + Send + Sync + 'static) -> Self {
         self.rule.filters.push(Arc::new(filter));
         self
@@ -110,59 +114,55 @@ impl<T: Work> Pipeline<T> {
 
     /// How many keys the following async steps run at once.
     pub fn parallel(mut self, parallel: usize) -> Self {
-        self.parallel = parallel.max(1);
+        self.parallel = Some(parallel.max(1));
         self
     }
 
     /// Pace the following async steps to at most `n` calls per `per` (explicit backpressure for
-    /// a service that throttles). `n == 0` removes the limit.
+    /// a service that throttles); every attempt of [`then_retry`](Self::then_retry) counts. A
+    /// call whose turn would come after the deadline margin is not made: its unit is retry.
+    /// `n == 0` removes the limit.
     pub fn rate_limit(mut self, n: u32, per: Duration) -> Self {
-        self.limiter = NonZeroU32::new(n)
-            .and_then(|burst| Quota::with_period(per / burst.get()).map(|q| q.allow_burst(burst)))
-            .map(|quota| Arc::new(RateLimiter::direct(quota)));
+        self.limiter = Limiter::new(n, per).map(Arc::new);
         self
     }
 
-    /// Adds a stage: `f` takes the stage's items and returns the survivors.
-    fn stage<U, F, Fut>(self, f: F) -> Pipeline<U>
-    where
-        U: Work,
-        F: Fn(Arc<StageCtx>, Vec<T>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<U>> + Send + 'static,
-    {
-        let prev = self.run;
-        let f = Arc::new(f);
+    /// Adds a step: `f` turns the items flowing out of the previous step into this step's.
+    fn step<U: Work>(
+        self,
+        f: impl Fn(Arc<RunCtx>, Items<T>) -> Items<U> + Send + Sync + 'static,
+    ) -> Pipeline<U> {
+        let prev = self.build;
         Pipeline {
             id: self.id,
             rule: self.rule,
             parallel: self.parallel,
             limiter: self.limiter,
-            run: Arc::new(move |ctx, units| {
-                let prev = Arc::clone(&prev);
-                let f = Arc::clone(&f);
-                Box::pin(async move {
-                    let items = prev(Arc::clone(&ctx), units).await;
-                    if items.is_empty() {
-                        return Vec::new();
-                    }
-                    f(ctx, items).await
-                })
-            }),
+            gathers: self.gathers,
+            build: Arc::new(move |ctx, units| f(Arc::clone(&ctx), prev(ctx, units))),
         }
     }
 
     /// Keeps the items `f` accepts; the rest are done.
     pub fn filter(self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
-        self.stage(move |ctx, items| {
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                match catch_unwind(AssertUnwindSafe(|| f(&item))) {
-                    Ok(true) => out.push(item),
-                    Ok(false) => {}
-                    Err(p) => ctx.fault(anchor_of(&item), panic_error(p)),
-                }
-            }
-            ready(out)
+        let f = Arc::new(f);
+        self.step(move |ctx, items| {
+            let f = Arc::clone(&f);
+            items
+                .filter_map(move |item| {
+                    ready(match catch_unwind(AssertUnwindSafe(|| f(&item))) {
+                        Ok(true) => Some(item),
+                        Ok(false) => {
+                            ctx.done(&item);
+                            None
+                        }
+                        Err(p) => {
+                            ctx.fault(anchor_of(&item), panic_error(p));
+                            None
+                        }
+                    })
+                })
+                .boxed()
         })
     }
 
@@ -181,31 +181,33 @@ impl<T: Work> Pipeline<T> {
         U: Work,
         F: Fn(T) -> Result<U, StepError> + Send + Sync + 'static,
     {
-        self.stage(move |ctx, items| {
-            if ctx.deadline.passed() {
-                ctx.retry_all(items, "deadline: not started");
-                return ready(Vec::new());
-            }
-            let mut out = Vec::with_capacity(items.len());
-            let mut blocked = Blocked::default();
-            for item in items {
-                if blocked.touches(&item) {
-                    ctx.retry(anchor_of(&item), BLOCKED.into());
-                    continue;
-                }
-                let anchor = anchor_of(&item);
-                match catch_unwind(AssertUnwindSafe(|| f(item))) {
-                    Ok(Ok(u)) => out.push(u),
-                    Ok(Err(e)) => {
-                        if e.class() == ErrorClass::Transient {
-                            blocked.block(&anchor);
+        let f = Arc::new(f);
+        self.step(move |ctx, items| {
+            let f = Arc::clone(&f);
+            items
+                .filter_map(move |item| {
+                    ready(if ctx.blocked(&keys_of(&item)) {
+                        ctx.not_started(&item, BLOCKED);
+                        None
+                    } else if ctx.deadline.passed() {
+                        ctx.not_started(&item, NOT_STARTED);
+                        None
+                    } else {
+                        let anchor = anchor_of(&item);
+                        match catch_unwind(AssertUnwindSafe(|| f(item))) {
+                            Ok(Ok(u)) => Some(u),
+                            Ok(Err(e)) => {
+                                ctx.failed(anchor, e);
+                                None
+                            }
+                            Err(p) => {
+                                ctx.fault(anchor, panic_error(p));
+                                None
+                            }
                         }
-                        ctx.failed(anchor, e);
-                    }
-                    Err(p) => ctx.fault(anchor, panic_error(p)),
-                }
-            }
-            ready(out)
+                    })
+                })
+                .boxed()
         })
     }
 
@@ -218,19 +220,17 @@ impl<T: Work> Pipeline<T> {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<U, StepError>> + Send + 'static,
     {
-        let parallel = self.parallel;
-        let limiter = self.limiter.clone();
+        let (parallel, limiter) = (self.parallel, self.limiter.clone());
         let f = Arc::new(f);
-        self.stage(move |ctx, items| {
-            let f = Arc::clone(&f);
-            let limiter = limiter.clone();
-            async move { run_async(&ctx, items, parallel, limiter.as_deref(), &*f).await }
+        self.step(move |ctx, items| {
+            let parallel = parallel.unwrap_or(ctx.settings.parallel);
+            ordered::each(ctx, items, parallel, limiter.clone(), Arc::clone(&f))
         })
     }
 
     /// Like [`then`](Self::then), retrying transient errors with backoff within the invocation
-    /// (never past the deadline) before sending the item back for redelivery. Each attempt gets
-    /// a clone of the item.
+    /// before sending the item back for redelivery. A retry never sleeps, or waits for the rate
+    /// limit, past the deadline margin. Each attempt gets a clone of the item.
     pub fn then_retry<U, F, Fut>(self, retry: Retry, f: F) -> Pipeline<U>
     where
         T: Clone,
@@ -238,68 +238,127 @@ impl<T: Work> Pipeline<T> {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<U, StepError>> + Send + 'static,
     {
-        let parallel = self.parallel;
-        let limiter = self.limiter.clone();
+        let (parallel, limiter) = (self.parallel, self.limiter.clone());
         let f = Arc::new(f);
-        self.stage(move |ctx, items| {
-            let f = Arc::clone(&f);
-            let limiter = limiter.clone();
-            async move {
-                let deadline = ctx.deadline;
-                let call = |item: T| {
-                    let f = Arc::clone(&f);
-                    async move {
-                        let mut delays = retry.delays();
-                        loop {
-                            match f(item.clone()).await {
-                                Err(e) if e.class() == ErrorClass::Transient => {
-                                    let Some(delay) = delays.next() else {
-                                        return Err(e);
-                                    };
-                                    if deadline.remaining().is_some_and(|left| left <= delay) {
-                                        return Err(e);
-                                    }
-                                    tracing::debug!(error = %e, ?delay, "retrying transient error");
-                                    tokio::time::sleep(delay).await;
+        self.step(move |ctx, items| {
+            let (f, limiter2, deadline) = (Arc::clone(&f), limiter.clone(), ctx.deadline);
+            let call = move |item: T| {
+                let (f, limiter) = (Arc::clone(&f), limiter2.clone());
+                async move {
+                    let mut delays = retry.delays();
+                    loop {
+                        match f(item.clone()).await {
+                            Err(e) if e.class() == ErrorClass::Transient => {
+                                let Some(delay) = delays.next() else {
+                                    return Err(e);
+                                };
+                                if deadline.remaining().is_some_and(|left| left <= delay) {
+                                    return Err(e);
                                 }
-                                other => return other,
+                                tracing::debug!(error = %e, ?delay, "retrying transient error");
+                                tokio::time::sleep(delay).await;
+                                if let Some(limiter) = &limiter
+                                    && !limiter.acquire(&deadline).await
+                                {
+                                    return Err(e);
+                                }
                             }
+                            other => return other,
                         }
                     }
-                };
-                run_async(&ctx, items, parallel, limiter.as_deref(), &call).await
-            }
+                }
+            };
+            let parallel = parallel.unwrap_or(ctx.settings.parallel);
+            ordered::each(ctx, items, parallel, limiter.clone(), Arc::new(call))
         })
     }
 
-    /// An async step over all items at once (in batch order) that answers per item: for APIs
-    /// that succeed partially (`PutEvents`, `PutRecords`, `SendMessageBatch`), whose connectors
-    /// batch and retry by themselves. A transient failure stops the later items of its key as
-    /// everywhere else: they are retry even if they went through (and are redelivered, so
-    /// consumers see each key in order).
+    /// An async step over the items ready together (every item, when the steps before are
+    /// synchronous), in batch order, that answers per item: for APIs that succeed partially
+    /// (`PutEvents`, `PutRecords`, `SendMessageBatch`), whose connectors batch and retry by
+    /// themselves. Up to `parallel` calls run at once, never two with a key in common. A
+    /// transient failure stops the later items of its key as everywhere else: they are retry
+    /// even if they went through (and are redelivered, so consumers see each key in order).
     pub fn then_all<U, F, Fut>(self, f: F) -> Pipeline<U>
     where
         U: Work,
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<U, StepError>>> + Send + 'static,
     {
+        let parallel = self.parallel;
         let f = Arc::new(f);
-        self.stage(move |ctx, items| {
-            let f = Arc::clone(&f);
-            async move { run_all(&ctx, items, |items| f(items)).await }
+        self.step(move |ctx, items| {
+            let parallel = parallel.unwrap_or(ctx.settings.parallel);
+            ordered::all(ctx, items, parallel, Arc::clone(&f))
         })
     }
 
-    /// Collects items into batches of at most `size`, in order; a batch succeeds or fails as one.
+    /// [`then`](Self::then) for steps that need the handler's [`Settings`] (sinks: their
+    /// table, their standard tags): `make` builds the call from them when the pipeline runs,
+    /// and `parallel` (unless the pipeline set its own) says how many keys run at once.
+    pub fn then_with_settings<U, F, Fut>(
+        self,
+        parallel: fn(&Settings) -> usize,
+        make: impl Fn(&Settings) -> F + Send + Sync + 'static,
+    ) -> Pipeline<U>
+    where
+        U: Work,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<U, StepError>> + Send + 'static,
+    {
+        self.then_in_run(parallel, move |run| make(&run.settings))
+    }
+
+    /// [`then_with_settings`](Self::then_with_settings) for the crate's own steps that need
+    /// the run itself (its pipeline's id).
+    pub(crate) fn then_in_run<U, F, Fut>(
+        self,
+        parallel: fn(&Settings) -> usize,
+        make: impl Fn(&RunCtx) -> F + Send + Sync + 'static,
+    ) -> Pipeline<U>
+    where
+        U: Work,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<U, StepError>> + Send + 'static,
+    {
+        let (own, limiter) = (self.parallel, self.limiter.clone());
+        self.step(move |ctx, items| {
+            let n = own.unwrap_or_else(|| parallel(&ctx.settings));
+            let call = Arc::new(make(&ctx));
+            ordered::each(ctx, items, n, limiter.clone(), call)
+        })
+    }
+
+    /// [`then_all`](Self::then_all) for steps that need the handler's [`Settings`] (see
+    /// [`then_with_settings`](Self::then_with_settings)).
+    pub fn then_all_with_settings<U, F, Fut>(
+        self,
+        parallel: fn(&Settings) -> usize,
+        make: impl Fn(&Settings) -> F + Send + Sync + 'static,
+    ) -> Pipeline<U>
+    where
+        U: Work,
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<U, StepError>>> + Send + 'static,
+    {
+        let own = self.parallel;
+        self.step(move |ctx, items| {
+            let n = own.unwrap_or_else(|| parallel(&ctx.settings));
+            let call = Arc::new(make(&ctx.settings));
+            ordered::all(ctx, items, n, call)
+        })
+    }
+
+    /// Collects the items ready together into batches of at most `size`, in order; a batch
+    /// succeeds or fails as one.
     pub fn batch(self, size: usize) -> Pipeline<Batch<T>> {
-        let size = size.max(1);
-        self.stage(move |_, items| {
-            let mut out = Vec::with_capacity(items.len().div_ceil(size));
-            let mut it = items.into_iter().peekable();
-            while it.peek().is_some() {
-                out.push(Batch(it.by_ref().take(size).collect()));
-            }
-            ready(out)
+        self.step(move |ctx, items| {
+            let limits = gather::Limits {
+                max_count: size,
+                max_bytes: usize::MAX,
+                size: None,
+            };
+            gather::batches(ctx, items, limits)
         })
     }
 
@@ -312,230 +371,58 @@ impl<T: Work> Pipeline<T> {
         max_bytes: usize,
         size: impl Fn(&T) -> usize + Send + Sync + 'static,
     ) -> Pipeline<Batch<T>> {
-        let max_count = max_count.max(1);
-        self.stage(move |ctx, items| {
-            let mut out = Vec::new();
-            let mut current = Vec::new();
-            let mut bytes = 0;
-            for item in items {
-                let n = match catch_unwind(AssertUnwindSafe(|| size(&item))) {
-                    Ok(n) => n,
-                    Err(p) => {
-                        ctx.fault(anchor_of(&item), panic_error(p));
-                        continue;
-                    }
-                };
-                if n > max_bytes {
-                    let e = StepError::poison_msg(format!(
-                        "entry of {n} bytes exceeds the batch limit of {max_bytes} bytes"
-                    ));
-                    ctx.fault(anchor_of(&item), e.named("OversizeError"));
-                    continue;
-                }
-                if current.len() == max_count || bytes + n > max_bytes {
-                    out.push(Batch(std::mem::take(&mut current)));
-                    bytes = 0;
-                }
-                bytes += n;
-                current.push(item);
-            }
-            if !current.is_empty() {
-                out.push(Batch(current));
-            }
-            ready(out)
+        let size: gather::SizeOf<T> = Arc::new(size);
+        self.step(move |ctx, items| {
+            let limits = gather::Limits {
+                max_count,
+                max_bytes,
+                size: Some(Arc::clone(&size)),
+            };
+            gather::batches(ctx, items, limits)
         })
     }
 
     /// Groups items by `key`, groups in order of first appearance, members in batch order.
+    /// Waits for every item that reaches it.
     pub fn group_by(
         self,
         key: impl Fn(&T) -> String + Send + Sync + 'static,
     ) -> Pipeline<Group<T>> {
-        self.stage(move |ctx, items| ready(group(&ctx, items, &key)))
+        let key: Arc<dyn Fn(&T) -> String + Send + Sync> = Arc::new(key);
+        let mut grouped = self.step(move |ctx, items| gather::groups(ctx, items, Arc::clone(&key)));
+        grouped.gathers = true;
+        grouped
     }
 
     /// Keeps the last item per `key`; the earlier ones end with it (see [`Compacted`]).
+    /// Waits for every item that reaches it.
     pub fn compact(
         self,
         key: impl Fn(&T) -> String + Send + Sync + 'static,
     ) -> Pipeline<Compacted<T>> {
-        self.stage(move |ctx, items| {
-            let out = group(&ctx, items, &key)
-                .into_iter()
-                .filter_map(|mut g| {
-                    let latest = g.items.pop()?;
-                    Some(Compacted {
+        self.group_by(key).step(|_, groups| {
+            groups
+                .filter_map(|mut g: Group<T>| {
+                    ready(g.items.pop().map(|latest| Compacted {
                         latest,
                         superseded: g.items,
-                    })
+                    }))
                 })
-                .collect();
-            ready(out)
+                .boxed()
         })
     }
 }
 
-const BLOCKED: &str = "an earlier record with the same key is being retried";
-
-fn group<T: Work>(ctx: &StageCtx, items: Vec<T>, key: &impl Fn(&T) -> String) -> Vec<Group<T>> {
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut groups: Vec<Group<T>> = Vec::new();
-    for item in items {
-        let k = match catch_unwind(AssertUnwindSafe(|| key(&item))) {
-            Ok(k) => k,
-            Err(p) => {
-                ctx.fault(anchor_of(&item), panic_error(p));
-                continue;
-            }
-        };
-        match index.get(&k) {
-            Some(&i) => groups[i].items.push(item),
-            None => {
-                index.insert(k.clone(), groups.len());
-                groups.push(Group {
-                    key: k,
-                    items: vec![item],
-                });
-            }
-        }
-    }
-    groups
-}
-
-pub(crate) async fn run_all<T, U, F, Fut>(ctx: &StageCtx, items: Vec<T>, f: F) -> Vec<U>
-where
-    T: Work,
-    U: Work,
-    F: FnOnce(Vec<T>) -> Fut,
-    Fut: Future<Output = Vec<Result<U, StepError>>>,
-{
-    if ctx.deadline.passed() {
-        ctx.retry_all(items, "deadline: not started");
-        return Vec::new();
-    }
-    let anchors: Vec<_> = items.iter().map(anchor_of).collect();
-    let n = items.len();
-    let results = match AssertUnwindSafe(f(items)).catch_unwind().await {
-        Ok(results) if results.len() == n => results,
-        Ok(results) => {
-            let msg = format!("step answered {} results for {n} items", results.len());
-            (0..n)
-                .map(|_| Err(StepError::poison_msg(msg.clone())))
-                .collect()
-        }
-        Err(p) => {
-            let e = panic_error(p);
-            (0..n)
-                .map(|_| Err(StepError::poison_msg(e.to_string()).named("Panic")))
-                .collect()
-        }
-    };
-    let mut out = Vec::with_capacity(n);
-    let mut blocked = Blocked::default();
-    for (anchor, result) in anchors.into_iter().zip(results) {
-        if blocked.touches_anchor(&anchor) {
-            ctx.retry(anchor, BLOCKED.into());
-            continue;
-        }
-        match result {
-            Ok(u) => out.push(u),
-            Err(e) => {
-                if e.class() == ErrorClass::Transient {
-                    blocked.block(&anchor);
-                }
-                ctx.failed(anchor, e);
-            }
-        }
-    }
-    out
-}
-
-async fn run_async<T, U, C, CF>(
-    ctx: &StageCtx,
-    items: Vec<T>,
-    parallel: usize,
-    limiter: Option<&DefaultDirectRateLimiter>,
-    call: &C,
-) -> Vec<U>
-where
-    T: Work,
-    U: Work,
-    C: Fn(T) -> CF,
-    CF: Future<Output = Result<U, StepError>>,
-{
-    let lanes = if parallel <= 1 {
-        vec![items.into_iter().map(|i| (first_position(&i), i)).collect()]
-    } else {
-        lanes::plan(items)
-    };
-    let single = lanes.len() == 1;
-    let done: Vec<Vec<(u32, U)>> = stream::iter(lanes)
-        .map(|lane| run_lane(ctx, lane, limiter, call))
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
-    let mut out: Vec<(u32, U)> = done.into_iter().flatten().collect();
-    if !single {
-        out.sort_unstable_by_key(|(position, _)| *position);
-    }
-    out.into_iter().map(|(_, u)| u).collect()
-}
-
-async fn run_lane<T, U, C, CF>(
-    ctx: &StageCtx,
-    lane: Vec<(u32, T)>,
-    limiter: Option<&DefaultDirectRateLimiter>,
-    call: &C,
-) -> Vec<(u32, U)>
-where
-    T: Work,
-    U: Work,
-    C: Fn(T) -> CF,
-    CF: Future<Output = Result<U, StepError>>,
-{
-    let mut out = Vec::with_capacity(lane.len());
-    let mut blocked = Blocked::default();
-    for (position, item) in lane {
-        if blocked.touches(&item) {
-            ctx.retry(anchor_of(&item), BLOCKED.into());
-            continue;
-        }
-        if ctx.deadline.passed() {
-            ctx.retry(anchor_of(&item), "deadline: not started".into());
-            continue;
-        }
-        if let Some(limiter) = limiter {
-            limiter.until_ready().await;
-        }
-        let anchor = anchor_of(&item);
-        let result = match catch_unwind(AssertUnwindSafe(|| call(item))) {
-            Ok(fut) => AssertUnwindSafe(fut)
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|p| Err(panic_error(p))),
-            Err(p) => Err(panic_error(p)),
-        };
-        match result {
-            Ok(u) => out.push((position, u)),
-            Err(e) => {
-                if e.class() == ErrorClass::Transient {
-                    blocked.block(&anchor);
-                }
-                ctx.failed(anchor, e);
-            }
-        }
-    }
-    out
-}
-
 type ErasedRun =
-    Arc<dyn Fn(Arc<StageCtx>, Vec<UnitOfWork>) -> BoxFuture<'static, usize> + Send + Sync>;
+    Arc<dyn Fn(Arc<RunCtx>, Items<UnitOfWork>) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A pipeline ready for a [`Handler`](crate::Handler): its steps, with the item type erased.
 pub struct AssembledPipeline {
     pub(crate) id: Arc<str>,
     pub(crate) rule: Rule,
     pub(crate) run: ErasedRun,
+    /// A step waits for every unit (`group_by`, `compact`).
+    pub(crate) gathers: bool,
 }
 
 impl AssembledPipeline {
@@ -581,13 +468,17 @@ impl IntoPipeline for AssembledPipeline {
 
 impl<T: Work> IntoPipeline for Pipeline<T> {
     fn into_pipeline(self) -> AssembledPipeline {
-        let run = self.run;
+        let build = self.build;
         AssembledPipeline {
             id: self.id,
             rule: self.rule,
+            gathers: self.gathers,
             run: Arc::new(move |ctx, units| {
-                let fut = run(ctx, units);
-                Box::pin(async move { fut.await.len() })
+                let out = build(Arc::clone(&ctx), units);
+                Box::pin(out.for_each(move |item| {
+                    ctx.done(&item);
+                    ready(())
+                }))
             }),
         }
     }

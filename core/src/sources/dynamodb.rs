@@ -4,7 +4,7 @@ use aws_lambda_events::event::dynamodb::EventRecord;
 use serde_dynamo::AttributeValue;
 use serde_json::{Map, Value, json};
 
-use super::{Decoded, DynamoDbBatch, SourceRecord};
+use super::{Decoded, DynamoDbRecords, SourceRecord};
 use crate::event::Event;
 
 /// How [`from_dynamodb`] reads a single-table design.
@@ -27,7 +27,7 @@ pub struct DynamoDbOptions {
     /// Skip REMOVEs made by DynamoDB's TTL expiry (default false: the `expired` flavor wants them).
     pub skip_ttl_expired: bool,
     /// This function's region: records written by another region of a global table are skipped.
-    /// Default: `AWS_REGION`; `None` keeps every record.
+    /// `None` (the default) keeps every record; the handler's settings set it to the region.
     pub region: Option<String>,
 }
 
@@ -38,7 +38,7 @@ impl Default for DynamoDbOptions {
             sk: "sk".into(),
             discriminator: "discriminator".into(),
             skip_ttl_expired: false,
-            region: std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()),
+            region: None,
         }
     }
 }
@@ -65,18 +65,23 @@ impl Default for DynamoDbOptions {
 /// assert_eq!(event.event_type, "thing-created");
 /// assert_eq!(event.raw.as_ref().unwrap()["new"]["name"], "x");
 /// ```
-pub fn from_dynamodb(batch: impl Into<DynamoDbBatch>, opts: &DynamoDbOptions) -> Decoded {
-    Decoded::each("from_dynamodb", batch.into(), |out, record| {
-        let decoded = decode(&record, opts);
-        let (index, shared) = out.push_record(SourceRecord::DynamoDb(record));
-        match decoded {
-            Ok(Some((event, latched))) => {
-                out.unit(index, Arc::clone(&shared), event, || None, latched)
+pub fn from_dynamodb(batch: impl Into<DynamoDbRecords>, opts: &DynamoDbOptions) -> Decoded {
+    Decoded::each(
+        "from_dynamodb",
+        <super::DynamoDb as super::Source>::REDELIVERY,
+        batch.into(),
+        |out, record| {
+            let decoded = decode(&record, opts);
+            let (index, shared) = out.push_record(SourceRecord::DynamoDb(record));
+            match decoded {
+                Ok(Some((event, latched))) => {
+                    out.unit(index, Arc::clone(&shared), event, || None, latched)
+                }
+                Ok(None) => {}
+                Err(reason) => out.fail_record(index, reason),
             }
-            Ok(None) => {}
-            Err(reason) => out.fail_record(index, reason),
-        }
-    })
+        },
+    )
 }
 
 fn decode(record: &EventRecord, opts: &DynamoDbOptions) -> Result<Option<(Event, bool)>, String> {

@@ -15,7 +15,11 @@ use crate::event::Event;
 /// assert_eq!(decoded.units()[0].event().event_type, "thing-created");
 /// ```
 pub fn from_eventbridge(record: EventBridgeEvent<Value>) -> Decoded {
-    let mut out = Decoded::with_capacity("from_eventbridge", 1);
+    let mut out = Decoded::with_capacity(
+        "from_eventbridge",
+        <super::EventBridge as super::Source>::REDELIVERY,
+        1,
+    );
     let parsed = decode(&record);
     let (index, record) = out.push_record(SourceRecord::EventBridge(record));
     match parsed {
@@ -30,6 +34,9 @@ fn decode(record: &EventBridgeEvent<Value>) -> Result<Event, String> {
         Value::Object(map) => map.clone(),
         other => return Err(format!("detail is not an object: {other}")),
     };
+    for v in detail.values_mut() {
+        crate::compression::decompress_value(v)?;
+    }
     if !detail.contains_key("type") {
         detail.insert("type".into(), Value::from(record.detail_type.as_str()));
     }

@@ -5,12 +5,13 @@
 //! silently: records a source skips on purpose (another region's global-table write, a TTL
 //! expiry when asked) end as done and are logged.
 //!
-//! The batch types ([`KinesisBatch`], [`DynamoDbBatch`], [`SqsBatch`], ...) deserialize a Lambda
+//! The batch types ([`KinesisRecords`], [`DynamoDbRecords`], [`SqsRecords`], ...) deserialize a Lambda
 //! event record by record, so one malformed record (bad base64, a missing field) becomes a fault
 //! of its own instead of failing the whole invocation, which for a stream would block the shard.
 
 mod dynamodb;
 mod eventbridge;
+mod kind;
 mod kinesis;
 mod s3;
 mod sns;
@@ -19,89 +20,28 @@ mod sqs;
 use std::sync::Arc;
 
 use aws_lambda_events::event::dynamodb::EventRecord as DynamoDbRecord;
-use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::kinesis::KinesisEventRecord;
 use aws_lambda_events::event::s3::S3EventRecord;
 use aws_lambda_events::event::sns::SnsRecord;
 use aws_lambda_events::event::sqs::SqsMessage;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 pub use dynamodb::{DynamoDbOptions, from_dynamodb};
 pub use eventbridge::from_eventbridge;
+pub use kind::{DecodeOptions, DynamoDb, EventBridge, Kinesis, S3, Sns, Source, Sqs, SqsSnsS3};
 pub use kinesis::from_kinesis;
 pub use s3::from_s3;
 pub use sns::from_sns;
 pub use sqs::{from_sqs, from_sqs_sns_s3};
 
-use crate::batch::Redelivery;
+pub use crate::delivery::Redelivery;
 use crate::error::DecodeError;
 use crate::event::Event;
+pub use crate::record::SourceRecord;
 use crate::uow::{OrderKey, UnitOfWork};
-
-/// The original Lambda record behind a unit of work, kept for partial batch responses and
-/// for fault events (serialized as it arrived, so it can be resubmitted).
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum SourceRecord {
-    /// A Kinesis record.
-    Kinesis(KinesisEventRecord),
-    /// A DynamoDB stream record.
-    DynamoDb(DynamoDbRecord),
-    /// An SQS message.
-    Sqs(SqsMessage),
-    /// An SNS record.
-    Sns(SnsRecord),
-    /// An S3 notification record.
-    S3(S3EventRecord),
-    /// An EventBridge event.
-    EventBridge(EventBridgeEvent<Value>),
-    /// A record that did not parse as its source's type, exactly as it arrived.
-    Raw(Value),
-}
-
-impl SourceRecord {
-    /// The id a partial batch response names: the sequence number for Kinesis and DynamoDB,
-    /// the message id for SQS.
-    pub fn item_identifier(&self) -> Option<&str> {
-        match self {
-            SourceRecord::Kinesis(r) => Some(&r.kinesis.sequence_number),
-            SourceRecord::DynamoDb(r) => r.change.sequence_number.as_deref(),
-            SourceRecord::Sqs(r) => r.message_id.as_deref(),
-            SourceRecord::Raw(v) => v
-                .pointer("/kinesis/sequenceNumber")
-                .or_else(|| v.pointer("/dynamodb/SequenceNumber"))
-                .or_else(|| v.get("messageId"))
-                .and_then(Value::as_str),
-            SourceRecord::Sns(_) | SourceRecord::S3(_) | SourceRecord::EventBridge(_) => None,
-        }
-    }
-
-    /// A human-readable id for messages: the event id, message id or sequence number.
-    pub fn name(&self) -> Option<&str> {
-        match self {
-            SourceRecord::Kinesis(r) => r
-                .event_id
-                .as_deref()
-                .or(Some(r.kinesis.sequence_number.as_str())),
-            SourceRecord::DynamoDb(r) => Some(&r.event_id),
-            SourceRecord::Sqs(r) => r.message_id.as_deref(),
-            SourceRecord::Sns(r) => Some(&r.sns.message_id),
-            SourceRecord::S3(r) => r.s3.object.key.as_deref(),
-            SourceRecord::EventBridge(r) => r.id.as_deref(),
-            SourceRecord::Raw(v) => ["eventID", "messageId", "id"]
-                .iter()
-                .find_map(|k| v.get(*k).and_then(Value::as_str)),
-        }
-    }
-
-    /// The record as JSON, as it arrived (for fault events).
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-}
 
 /// One record of a Lambda event, parsed on its own.
 #[derive(Debug, Clone)]
@@ -117,15 +57,77 @@ pub enum Lenient<R> {
     },
 }
 
-impl<'de, R: DeserializeOwned> Deserialize<'de> for Lenient<R> {
+/// A record type parsed leniently: fields the library never reads may be missing (records made
+/// by other tools' helpers and by hand often lack them); they get neutral values before the
+/// record is parsed again. A field the library reads and the record lacks still fails it,
+/// named in the reason.
+pub trait Relaxed: DeserializeOwned {
+    /// Fills in, where missing, the fields the library does not read.
+    fn relax(record: &mut serde_json::Map<String, Value>);
+}
+
+/// Sets `key` to `value` in `map` when it is missing or null.
+fn default_field(map: &mut serde_json::Map<String, Value>, key: &str, value: Value) {
+    if map.get(key).is_none_or(Value::is_null) {
+        map.insert(key.to_owned(), value);
+    }
+}
+
+impl Relaxed for KinesisEventRecord {
+    fn relax(record: &mut serde_json::Map<String, Value>) {
+        // read only as a fallback time for a record whose data does not decode
+        if let Some(Value::Object(k)) = record.get_mut("kinesis") {
+            default_field(k, "approximateArrivalTimestamp", Value::from(0));
+        }
+    }
+}
+
+impl Relaxed for DynamoDbRecord {
+    fn relax(record: &mut serde_json::Map<String, Value>) {
+        // the region only tags the event and tells global-table replicas apart
+        default_field(record, "awsRegion", Value::from(""));
+        if let Some(Value::Object(d)) = record.get_mut("dynamodb") {
+            default_field(d, "SizeBytes", Value::from(0));
+        }
+    }
+}
+
+impl Relaxed for SqsMessage {
+    fn relax(_: &mut serde_json::Map<String, Value>) {}
+}
+
+impl Relaxed for SnsRecord {
+    fn relax(_: &mut serde_json::Map<String, Value>) {}
+}
+
+impl Relaxed for S3EventRecord {
+    fn relax(_: &mut serde_json::Map<String, Value>) {}
+}
+
+/// Reasons quote at most this many bytes (serde's messages can quote a whole bad value).
+const REASON_BYTES: usize = 300;
+
+impl<'de, R: Relaxed> Deserialize<'de> for Lenient<R> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(d)?;
-        Ok(match serde_json::from_str::<R>(raw.get()) {
-            Ok(r) => Lenient::Parsed(r),
-            Err(e) => Lenient::Malformed {
-                raw: serde_json::from_str(raw.get()).unwrap_or(Value::Null),
-                reason: e.to_string(),
-            },
+        let first = match serde_json::from_str::<R>(raw.get()) {
+            Ok(r) => return Ok(Lenient::Parsed(r)),
+            Err(e) => e,
+        };
+        let mut value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        let reason = match value.as_object_mut() {
+            Some(map) => {
+                R::relax(map);
+                match serde_json::from_value::<R>(value.clone()) {
+                    Ok(r) => return Ok(Lenient::Parsed(r)),
+                    Err(e) => e.to_string(),
+                }
+            }
+            None => first.to_string(),
+        };
+        Ok(Lenient::Malformed {
+            raw: serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            reason: crate::faults::truncate(&reason, REASON_BYTES).to_owned(),
         })
     }
 }
@@ -133,55 +135,55 @@ impl<'de, R: DeserializeOwned> Deserialize<'de> for Lenient<R> {
 /// A Lambda event with a `Records` array, parsed record by record (see [`Lenient`]).
 ///
 /// ```
-/// use lambda_stream::sources::{KinesisBatch, Lenient};
+/// use lambda_stream::sources::{KinesisRecords, Lenient};
 ///
 /// let json = r#"{"Records":[{"eventID":"shardId-0:1","kinesis":{"data":"%%%not-base64",
 ///   "partitionKey":"k","sequenceNumber":"1","approximateArrivalTimestamp":1.0}}]}"#;
-/// let batch: KinesisBatch = serde_json::from_str(json).unwrap(); // the event still parses
+/// let batch: KinesisRecords = serde_json::from_str(json).unwrap(); // the event still parses
 /// assert!(matches!(batch.records[0], Lenient::Malformed { .. }));
 /// ```
 #[derive(Debug, Clone)]
-pub struct LambdaBatch<R> {
+pub struct Records<R> {
     /// The records, in delivery order.
     pub records: Vec<Lenient<R>>,
 }
 
-impl<'de, R: DeserializeOwned> Deserialize<'de> for LambdaBatch<R> {
+impl<'de, R: Relaxed> Deserialize<'de> for Records<R> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(bound = "R: DeserializeOwned")]
+        #[serde(bound = "R: Relaxed")]
         struct Wire<R> {
             #[serde(rename = "Records", default = "Vec::new")]
             records: Vec<Lenient<R>>,
         }
-        Ok(LambdaBatch {
+        Ok(Records {
             records: Wire::deserialize(d)?.records,
         })
     }
 }
 
-impl<R> FromIterator<R> for LambdaBatch<R> {
+impl<R> FromIterator<R> for Records<R> {
     fn from_iter<I: IntoIterator<Item = R>>(iter: I) -> Self {
-        LambdaBatch {
+        Records {
             records: iter.into_iter().map(Lenient::Parsed).collect(),
         }
     }
 }
 
 /// A Kinesis event, record by record.
-pub type KinesisBatch = LambdaBatch<KinesisEventRecord>;
+pub type KinesisRecords = Records<KinesisEventRecord>;
 /// A DynamoDB stream event, record by record.
-pub type DynamoDbBatch = LambdaBatch<DynamoDbRecord>;
+pub type DynamoDbRecords = Records<DynamoDbRecord>;
 /// An SQS event, record by record.
-pub type SqsBatch = LambdaBatch<SqsMessage>;
+pub type SqsRecords = Records<SqsMessage>;
 /// An SNS event, record by record.
-pub type SnsBatch = LambdaBatch<SnsRecord>;
+pub type SnsRecords = Records<SnsRecord>;
 /// An S3 notification event, record by record.
-pub type S3Batch = LambdaBatch<S3EventRecord>;
+pub type S3Records = Records<S3EventRecord>;
 
 macro_rules! from_typed_event {
     ($event:ty, $record:ty) => {
-        impl From<$event> for LambdaBatch<$record> {
+        impl From<$event> for Records<$record> {
             fn from(e: $event) -> Self {
                 e.records.into_iter().collect()
             }
@@ -208,23 +210,13 @@ pub struct Decoded {
 }
 
 impl Decoded {
-    fn with_capacity(source: &'static str, n: usize) -> Self {
+    fn with_capacity(source: &'static str, redelivery: Redelivery, n: usize) -> Self {
         Decoded {
             records: Vec::with_capacity(n),
             units: Vec::with_capacity(n),
             failures: Vec::new(),
             source,
-            redelivery: Decoded::redelivery_of(source),
-        }
-    }
-
-    /// How the source redelivers what is not done: streams from a checkpoint, SQS per
-    /// message, the asynchronous sources as a whole invocation.
-    fn redelivery_of(source: &str) -> Redelivery {
-        match source {
-            "from_kinesis" | "from_dynamodb" => Redelivery::FromCheckpoint,
-            "from_sqs" | "from_sqs_sns_s3" => Redelivery::PerRecord,
-            _ => Redelivery::Whole,
+            redelivery,
         }
     }
 
@@ -251,10 +243,11 @@ impl Decoded {
     /// Runs `decode` on each record that parsed; each malformed one becomes a decode failure.
     fn each<R>(
         source: &'static str,
-        batch: LambdaBatch<R>,
+        redelivery: Redelivery,
+        batch: Records<R>,
         mut decode: impl FnMut(&mut Decoded, R),
     ) -> Decoded {
-        let mut out = Decoded::with_capacity(source, batch.records.len());
+        let mut out = Decoded::with_capacity(source, redelivery, batch.records.len());
         for record in batch.records {
             match record {
                 Lenient::Parsed(r) => decode(&mut out, r),
@@ -286,8 +279,10 @@ impl Decoded {
         } else {
             None
         };
+        let unit = self.units.len() as u32;
         self.units.push(UnitOfWork::new(
             index,
+            unit,
             record,
             event,
             key.map(OrderKey::Fallback),
@@ -304,8 +299,10 @@ impl Decoded {
         event: Event,
         group: String,
     ) {
+        let unit = self.units.len() as u32;
         self.units.push(UnitOfWork::new(
             index,
+            unit,
             record,
             event,
             Some(OrderKey::Group(group)),
@@ -314,9 +311,11 @@ impl Decoded {
     }
 
     fn fail(&mut self, index: u32, record: impl Into<String>, reason: impl Into<String>) {
+        // both come from untrusted input: a record's name and serde's message can quote it
+        let (record, reason) = (record.into(), reason.into());
         let err = DecodeError {
-            record: record.into(),
-            reason: reason.into(),
+            record: crate::faults::truncate(&record, REASON_BYTES).to_owned(),
+            reason: crate::faults::truncate(&reason, REASON_BYTES).to_owned(),
         };
         tracing::warn!(source = self.source, position = index, error = %err, "record did not decode");
         self.failures.push((index, err));
@@ -339,13 +338,21 @@ impl Decoded {
 
 /// Parses a record's payload as an [`Event`], filling `id` and `timestamp` when it has none.
 fn parse_event(bytes: &[u8], default_id: &str, default_ts: i64) -> Result<Event, String> {
-    let mut event: Event = serde_json::from_slice(bytes).map_err(|e| {
+    let not_an_event = |e: serde_json::Error| {
         if e.is_syntax() || e.is_eof() {
             format!("payload is not JSON: {e}")
         } else {
             format!("payload is not an event: {e}")
         }
-    })?;
+    };
+    let mut event: Event = if crate::compression::may_hold_compressed(bytes) {
+        // fields aws-lambda-stream compressed: restored before the event is read
+        let mut value: Value = serde_json::from_slice(bytes).map_err(not_an_event)?;
+        crate::compression::decompress_value(&mut value)?;
+        serde_json::from_value(value).map_err(not_an_event)?
+    } else {
+        serde_json::from_slice(bytes).map_err(not_an_event)?
+    };
     if event.event_type.is_empty() {
         return Err("event has an empty type".into());
     }

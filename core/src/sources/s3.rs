@@ -1,7 +1,7 @@
 use aws_lambda_events::event::s3::S3EventRecord;
 use serde_json::Value;
 
-use super::{Decoded, S3Batch, SourceRecord};
+use super::{Decoded, S3Records, SourceRecord};
 use crate::event::Event;
 
 /// Decodes an S3 notification event. S3 carries no event of ours, so each record becomes one:
@@ -17,12 +17,17 @@ use crate::event::Event;
 /// assert_eq!(event.event_type, "ObjectCreated:Put");
 /// assert_eq!(event.entity("s3").unwrap()["object"]["key"], "faults/1.json");
 /// ```
-pub fn from_s3(batch: impl Into<S3Batch>) -> Decoded {
-    Decoded::each("from_s3", batch.into(), |out, record| {
-        let event = s3_event(&record);
-        let (index, record) = out.push_record(SourceRecord::S3(record));
-        out.unit(index, record, event, || None, false);
-    })
+pub fn from_s3(batch: impl Into<S3Records>) -> Decoded {
+    Decoded::each(
+        "from_s3",
+        <super::S3 as super::Source>::REDELIVERY,
+        batch.into(),
+        |out, record| {
+            let event = s3_event(&record);
+            let (index, record) = out.push_record(SourceRecord::S3(record));
+            out.unit(index, record, event, || None, false);
+        },
+    )
 }
 
 pub(super) fn s3_event(r: &S3EventRecord) -> Event {

@@ -5,7 +5,7 @@ use aws_lambda_events::event::sqs::SqsMessage;
 use serde::Deserialize;
 
 use super::s3::s3_event;
-use super::{Decoded, SourceRecord, SqsBatch, parse_event};
+use super::{Decoded, SourceRecord, SqsRecords, parse_event};
 
 /// An event as an EventBridge rule delivers it to an SQS queue.
 #[derive(Deserialize)]
@@ -49,17 +49,24 @@ fn sent_millis(m: &SqsMessage) -> i64 {
 /// let event = decoded.units()[0].event();
 /// assert_eq!(event.id, "msg-0"); // the message id, since the body had none
 /// ```
-pub fn from_sqs(batch: impl Into<SqsBatch>) -> Decoded {
-    Decoded::each("from_sqs", batch.into(), |out, message| {
-        let parsed = parse_body(&message);
-        let group = message.attributes.get("MessageGroupId").cloned();
-        let (index, record) = out.push_record(SourceRecord::Sqs(message));
-        match (parsed, group) {
-            (Ok(event), Some(group)) => out.unit_in_group(index, Arc::clone(&record), event, group),
-            (Ok(event), None) => out.unit(index, Arc::clone(&record), event, || None, false),
-            (Err(reason), _) => out.fail_record(index, reason),
-        }
-    })
+pub fn from_sqs(batch: impl Into<SqsRecords>) -> Decoded {
+    Decoded::each(
+        "from_sqs",
+        <super::Sqs as super::Source>::REDELIVERY,
+        batch.into(),
+        |out, message| {
+            let parsed = parse_body(&message);
+            let group = message.attributes.get("MessageGroupId").cloned();
+            let (index, record) = out.push_record(SourceRecord::Sqs(message));
+            match (parsed, group) {
+                (Ok(event), Some(group)) => {
+                    out.unit_in_group(index, Arc::clone(&record), event, group)
+                }
+                (Ok(event), None) => out.unit(index, Arc::clone(&record), event, || None, false),
+                (Err(reason), _) => out.fail_record(index, reason),
+            }
+        },
+    )
 }
 
 fn parse_body(message: &SqsMessage) -> Result<crate::Event, String> {
@@ -100,19 +107,24 @@ fn parse_body(message: &SqsMessage) -> Result<crate::Event, String> {
 /// assert_eq!(decoded.units().len(), 2);
 /// assert_eq!(decoded.units()[1].event().partition_key.as_deref(), Some("b.json"));
 /// ```
-pub fn from_sqs_sns_s3(batch: impl Into<SqsBatch>) -> Decoded {
-    Decoded::each("from_sqs_sns_s3", batch.into(), |out, message| {
-        let parsed = parse_s3_in_sns(message.body.as_deref().unwrap_or_default());
-        let (index, record) = out.push_record(SourceRecord::Sqs(message));
-        match parsed {
-            Ok(s3) => {
-                for r in &s3.records {
-                    out.unit(index, Arc::clone(&record), s3_event(r), || None, false);
+pub fn from_sqs_sns_s3(batch: impl Into<SqsRecords>) -> Decoded {
+    Decoded::each(
+        "from_sqs_sns_s3",
+        <super::SqsSnsS3 as super::Source>::REDELIVERY,
+        batch.into(),
+        |out, message| {
+            let parsed = parse_s3_in_sns(message.body.as_deref().unwrap_or_default());
+            let (index, record) = out.push_record(SourceRecord::Sqs(message));
+            match parsed {
+                Ok(s3) => {
+                    for r in &s3.records {
+                        out.unit(index, Arc::clone(&record), s3_event(r), || None, false);
+                    }
                 }
+                Err(reason) => out.fail_record(index, reason),
             }
-            Err(reason) => out.fail_record(index, reason),
-        }
-    })
+        },
+    )
 }
 
 /// An S3 notification; `s3:TestEvent` has no `Records`.

@@ -1,11 +1,13 @@
 //! command-intake: `POST /commands` (API Gateway HTTP API).
 //!
-//! A command is `{"type", "command", "requestId", "data"?}`. `type` names the stream the command
-//! joins: commands of one stream are numbered 1, 2, 3... by one conditional write each, so the
-//! commands table's stream carries them in strict order. The write is a transaction of two
-//! items: the stream's item (its sequence moves from n to n + 1 only if it is still n) and a
-//! marker for the request id (only if absent). A repeated request id finds its marker: it is
-//! acknowledged with the sequence it got the first time, and nothing is written again.
+//! A command is `{"type", "command", "requestId", "data"?}`. The stream it joins is its entity:
+//! `<type>#<data.id>` (`thing#t1`), or `type` alone when it names no id. Commands of one stream
+//! are numbered 1, 2, 3... by one conditional write each, so the commands table's stream
+//! carries each entity's commands in strict order, and commands of different entities never
+//! contend for one sequence. The write is a transaction of two items: the stream's item (its
+//! sequence moves from n to n + 1 only if it is still n) and a marker for the request id (only
+//! if absent). A repeated request id finds its marker: it is acknowledged with the sequence it
+//! got the first time, and nothing is written again.
 //!
 //! Answers: 202 `{"requestId", "stream", "sequence", "duplicate"}`; 400 `{"error"}` naming what
 //! is wrong with the body (nothing is written); 503 when the table is busy or unavailable.
@@ -38,7 +40,7 @@ const RETRY: Retry = Retry {
 /// A valid command.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
-    /// The stream it joins.
+    /// The stream it joins: its entity (`thing#t1`), or its type when it names no id.
     pub stream: String,
     /// What to do.
     pub command: String,
@@ -66,7 +68,9 @@ fn name(body: &Map<String, Value>, field: &str) -> Result<String, String> {
 /// Checks a request body; the error says what is wrong.
 ///
 /// ```
-/// let c = command_intake::validate(br#"{"type":"thing","command":"create-thing","requestId":"r1"}"#).unwrap();
+/// let c = command_intake::validate(br#"{"type":"thing","command":"create-thing","requestId":"r1","data":{"id":"t1"}}"#).unwrap();
+/// assert_eq!(c.stream, "thing#t1");
+/// let c = command_intake::validate(br#"{"type":"thing","command":"list-things","requestId":"r2"}"#).unwrap();
 /// assert_eq!(c.stream, "thing");
 /// assert_eq!(command_intake::validate(b"[1]").unwrap_err(), "the body must be a JSON object");
 /// ```
@@ -85,13 +89,21 @@ pub fn validate(body: &[u8]) -> Result<Command, String> {
     let Value::Object(object) = value else {
         return Err("the body must be a JSON object".into());
     };
-    let stream = name(&object, "type")?;
+    let kind = name(&object, "type")?;
     let command = name(&object, "command")?;
     let request_id = name(&object, "requestId")?;
     let data = match object.get("data") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(d)) => d.clone(),
         Some(_) => return Err("`data` must be a JSON object".into()),
+    };
+    // one stream per entity; a command that names none joins its type's stream
+    let stream = match data.get("id") {
+        None | Some(Value::Null) => kind,
+        Some(_) => {
+            let id = name(&data, "id").map_err(|e| e.replacen("`id`", "`data.id`", 1))?;
+            format!("{kind}#{id}")
+        }
     };
     Ok(Command {
         stream,
@@ -356,4 +368,15 @@ fn respond(status: StatusCode, body: &impl Serialize) -> Response<Body> {
         lambda_http::http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// Runs the function: [`Intake::from_env`] as the HTTP handler of the Lambda runtime, until the
+/// runtime stops.
+pub async fn run() -> Result<(), lambda_http::Error> {
+    let intake = std::sync::Arc::new(Intake::from_env().await);
+    lambda_http::run(lambda_http::service_fn(move |request: Request| {
+        let intake = std::sync::Arc::clone(&intake);
+        async move { Ok::<_, lambda_http::Error>(intake.handle(request).await) }
+    }))
+    .await
 }

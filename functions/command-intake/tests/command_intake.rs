@@ -40,7 +40,7 @@ async fn commands_are_sequenced_and_repeated_request_ids_write_nothing() {
     assert_eq!(status, 202);
     assert_eq!(
         body,
-        json!({"requestId": "req-0001", "stream": "thing", "sequence": 1, "duplicate": false})
+        json!({"requestId": "req-0001", "stream": "thing#t1", "sequence": 1, "duplicate": false})
     );
 
     let (status, body) = call(&intake, request()).await;
@@ -54,7 +54,7 @@ async fn commands_are_sequenced_and_repeated_request_ids_write_nothing() {
 
     let stream = DynamoDb::shared()
         .await
-        .get(&table, &json!({"pk": "thing", "sk": "stream"}))
+        .get(&table, &json!({"pk": "thing#t1", "sk": "stream"}))
         .await
         .unwrap()
         .unwrap();
@@ -85,6 +85,10 @@ async fn bad_bodies_get_400_naming_the_problem_and_write_nothing() {
         (
             with_body(r#"{"type":"t","command":"c","requestId":"r","data":[1]}"#),
             "`data` must be a JSON object",
+        ),
+        (
+            with_body(r#"{"type":"t","command":"c","requestId":"r","data":{"id":5}}"#),
+            "`data.id` must be a string",
         ),
         (
             with_body(&format!(

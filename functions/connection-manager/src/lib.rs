@@ -27,8 +27,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lambda_stream::connectors::{DynamoDb, Lambda, Written};
+use lambda_stream::deadline::Deadline;
 use lambda_stream::expressions::pk_condition;
-use lambda_stream::{Deadline, Retry, StepError};
+use lambda_stream::{Retry, StepError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
@@ -405,6 +406,29 @@ impl Manager {
         }
     }
 
+    /// The manager the deployed function runs: [`Settings::from_env`], the token from the SSM
+    /// parameter `UPSTREAM_TOKEN_PARAMETER` names (none when unset), handover by invoking this
+    /// function (`AWS_LAMBDA_FUNCTION_NAME`) asynchronously.
+    pub async fn from_env() -> Result<Self, lambda_runtime::Error> {
+        let token = match std::env::var("UPSTREAM_TOKEN_PARAMETER") {
+            Ok(name) if !name.is_empty() => {
+                let ssm = aws_sdk_ssm::Client::new(lambda_stream::aws::config().await);
+                Some(token_from_ssm(&ssm, &name).await?)
+            }
+            _ => None,
+        };
+        let handover = Arc::new(SelfInvoke {
+            lambda: Lambda::shared().await,
+            function: std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default(),
+        });
+        Ok(Manager::new(
+            Settings::from_env(),
+            token,
+            DynamoDb::shared().await,
+            handover,
+        )?)
+    }
+
     /// Dispatches an invocation: an HTTP request starts a stream, a [`Run`] holds one.
     pub async fn handle(&self, event: Value, deadline: Deadline) -> Value {
         if event.get("requestContext").is_some() {
@@ -418,6 +442,23 @@ impl Manager {
             Err(e) => json!({"stopped": format!("not a run: {e}")}),
         }
     }
+}
+
+/// Runs the function: the manager built from the environment ([`Manager::from_env`]) as the
+/// Lambda runtime's handler, until the runtime stops.
+pub async fn run() -> Result<(), lambda_runtime::Error> {
+    let manager = Arc::new(Manager::from_env().await?);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<Value>| {
+            let manager = Arc::clone(&manager);
+            async move {
+                // the manager applies its own handover margin
+                let deadline = Deadline::from_context(&event.context, Duration::ZERO);
+                Ok::<_, lambda_runtime::Error>(manager.handle(event.payload, deadline).await)
+            }
+        },
+    ))
+    .await
 }
 
 /// A stream id: 1 to 128 characters of letters, digits, `-`, `_`, `.`.

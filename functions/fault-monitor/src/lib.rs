@@ -2,8 +2,11 @@
 //! library behind the `faults` CLI.
 //!
 //! Each fault is stored at `faults/YYYY/MM/DD/HH/<id>.json`, where the id is
-//! `<timestamp ms>-<functionname>-<pipeline>-<hash of the fault id>`: keys sort by time and say
-//! where the fault came from, and the same fault delivered twice lands on the same key.
+//! `<timestamp ms>-<functionname>-<pipeline>-<hash of the fault id>` (the layout of
+//! [`lambda_stream::faults::storage_key`]): keys sort by the faulted event's time and say where
+//! the fault came from, and the same fault raised or delivered twice lands on the same key. A
+//! fault too large to publish whole arrives trimmed, naming the key where the function that
+//! raised it stored it whole: that one is not stored again.
 //!
 //! The monitor never publishes fault events of its own (a broken monitor would feed itself):
 //! what it cannot store is retried and, after the queue's receive limit, set aside in its
@@ -11,12 +14,12 @@
 
 pub mod cli;
 
-use chrono::DateTime;
 use futures::future::BoxFuture;
 use lambda_stream::connectors::{Lambda, S3};
-use lambda_stream::sinks::S3Object;
+use lambda_stream::faults::{FaultPublisher, PublishError};
+use lambda_stream::sinks::{PutObject, S3Object};
 use lambda_stream::{
-    ConfigError, FaultEvent, FaultPublisher, Handler, Pipeline, PublishError, StepError, UnitOfWork,
+    ConfigError, FaultEvent, Handler, Pipeline, Settings, StepError, UnitOfWork, faults,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -38,52 +41,32 @@ impl FaultPublisher for DeadLetterOnly {
     }
 }
 
-fn clean(part: &str) -> String {
-    let cleaned: String = part
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if cleaned.is_empty() {
-        "unknown".into()
-    } else {
-        cleaned
-    }
-}
-
-/// FNV-1a: a stable short hash (std's hasher may change between Rust versions).
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The fault's id in the store: `<timestamp>-<function>-<pipeline>-<hash>`.
+/// The fault's id in the store: `<timestamp>-<function>-<pipeline>-<hash>` (see
+/// [`lambda_stream::faults::storage_id`]).
 pub fn fault_id(fault: &FaultEvent) -> String {
-    format!(
-        "{:013}-{}-{}-{:016x}",
-        fault.timestamp.max(0),
-        clean(fault.tag("functionname").unwrap_or("unknown")),
-        clean(fault.tag("pipeline").unwrap_or("unknown")),
-        fnv(&fault.id)
-    )
+    faults::storage_id(fault)
 }
 
 /// The object key of a fault id; `None` when the id does not start with a timestamp.
 pub fn key_of(id: &str) -> Option<String> {
-    let millis: i64 = id.split('-').next()?.parse().ok()?;
-    let at = DateTime::from_timestamp_millis(millis)?;
-    Some(format!("{PREFIX}{}/{id}.json", at.format("%Y/%m/%d/%H")))
+    faults::storage_key(id)
+}
+
+fn parse(uow: &UnitOfWork) -> Result<FaultEvent, StepError> {
+    serde_json::from_value(serde_json::to_value(uow.event())?)
+        .map_err(|e| StepError::poison_msg(format!("not a fault event: {e}")))
+}
+
+/// A trimmed fault whose whole self the raising function already stored needs no storing.
+fn stored_whole(uow: &UnitOfWork) -> bool {
+    uow.event()
+        .entity("trimmed")
+        .and_then(|t| t.get("stored"))
+        .is_some_and(|s| s.is_string())
 }
 
 fn to_object(uow: UnitOfWork) -> Result<UnitOfWork<S3Object>, StepError> {
-    let fault: FaultEvent = serde_json::from_value(serde_json::to_value(uow.event())?)
-        .map_err(|e| StepError::poison_msg(format!("not a fault event: {e}")))?;
+    let fault = parse(&uow)?;
     let id = fault_id(&fault);
     let key = key_of(&id).ok_or_else(|| {
         StepError::poison_msg(format!("fault {} has no usable timestamp", fault.id))
@@ -97,20 +80,23 @@ fn to_object(uow: UnitOfWork) -> Result<UnitOfWork<S3Object>, StepError> {
 }
 
 /// The handler: stores each fault event delivered to the queue.
-pub fn handler(bucket: S3) -> Result<Handler, ConfigError> {
+pub fn handler(settings: &Settings, bucket: S3) -> Result<Handler, ConfigError> {
     Handler::builder(DeadLetterOnly)
+        .settings(settings)
         .pipeline(
             Pipeline::new("store-faults")
                 .on_event_type("fault")
+                .filter(|uow: &UnitOfWork| !stored_whole(uow))
                 .map(to_object)
-                .put_object_to_s3(bucket),
+                .pipe(PutObject(bucket)),
         )
         .build()
 }
 
 /// The handler as deployed: `BUCKET_NAME`.
 pub async fn from_env() -> Result<Handler, ConfigError> {
-    handler(S3::from_env().await)
+    let settings = Settings::from_env();
+    handler(&settings, S3::from_settings(&settings).await)
 }
 
 /// A line of `faults list`.

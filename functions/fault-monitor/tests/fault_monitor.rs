@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fault_monitor::{FaultStore, key_of, resubmission};
+use lambda_stream::Settings;
 use lambda_stream::connectors::{DynamoDb, Lambda, S3, UpdateRequest};
-use lambda_stream::sources::{KinesisBatch, SqsBatch};
+use lambda_stream::sources;
+use lambda_stream::sources::{KinesisRecords, SqsRecords};
 use lambda_stream::testing::*;
 use lambda_stream::{Event, FaultEvent, Handler, Pipeline, StepError, UnitOfWork, aws};
 use serde_json::{Value, json};
 
-fn sample(name: &str) -> SqsBatch {
+fn sample(name: &str) -> SqsRecords {
     let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -32,11 +34,11 @@ async fn bucket() -> S3 {
 #[tokio::test]
 async fn stores_each_fault_once_under_a_time_sorted_key() {
     let s3 = bucket().await;
-    let handler = fault_monitor::handler(s3.clone()).unwrap();
+    let handler = fault_monitor::handler(&Settings::default(), s3.clone()).unwrap();
     let ctx = context(Duration::from_secs(30));
     for _ in 0..2 {
         let response = handler
-            .sqs(sample("fault-monitor.json"), &ctx)
+            .handle::<sources::Sqs>(sample("fault-monitor.json"), &ctx)
             .await
             .unwrap();
         assert!(response.batch_item_failures.is_empty());
@@ -62,12 +64,97 @@ async fn stores_each_fault_once_under_a_time_sorted_key() {
     assert!(store.list(Some("trigger"), 10).await.unwrap().is_empty());
 }
 
+/// The faults a listener raises for a poison record, delivered to the monitor's queue.
+async fn raised(events: &[Event], store: Option<S3>) -> Vec<FaultEvent> {
+    let faults = Arc::new(MemoryFaults::default());
+    let mut builder = Handler::builder(faults.clone()).function_name("listener");
+    if let Some(store) = store {
+        builder = builder.fault_store(store);
+    }
+    let handler = builder
+        .pipeline(
+            Pipeline::new("thing-view")
+                .map(|_u: UnitOfWork| Err::<UnitOfWork, _>(StepError::poison_msg("bad"))),
+        )
+        .build()
+        .unwrap();
+    handler
+        .handle::<sources::Kinesis>(
+            to_kinesis_records(events),
+            &context(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    faults.published()
+}
+
+fn as_messages(faults: &[FaultEvent]) -> lambda_stream::sources::SqsRecords {
+    let bodies: Vec<String> = faults
+        .iter()
+        .map(|f| serde_json::to_string(f).unwrap())
+        .collect();
+    to_sqs_messages(&bodies).into()
+}
+
+#[tokio::test]
+async fn a_fault_raised_again_later_is_stored_once() {
+    let s3 = bucket().await;
+    let poison = [Event::new("e1", "thing-created", 1_700_000_000_000).with_partition_key("t1")];
+    let first = raised(&poison, None).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // the record is redelivered (say its fault's publishing timed out) and faults again
+    let again = raised(&poison, None).await;
+    let handler = fault_monitor::handler(&Settings::default(), s3.clone()).unwrap();
+    for faults in [&first, &again] {
+        let response = handler
+            .handle::<sources::Sqs>(as_messages(faults), &context(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert!(response.batch_item_failures.is_empty());
+    }
+    let keys = s3.list("faults/").await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+}
+
+#[tokio::test]
+async fn a_trimmed_fault_its_function_stored_whole_is_not_stored_again() {
+    let s3 = bucket().await;
+    let big = [Event::new("big", "thing-created", 1_700_000_000_000)
+        .with_partition_key("t1")
+        .with_entity("blob", json!("x".repeat(300 * 1024)))];
+    let slim = raised(&big, Some(s3.clone())).await;
+    assert!(slim[0].trimmed.as_ref().unwrap().stored.is_some());
+    let handler = fault_monitor::handler(&Settings::default(), s3.clone()).unwrap();
+    let response = handler
+        .handle::<sources::Sqs>(as_messages(&slim), &context(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let store = FaultStore::new(s3.clone());
+    let listed = store.list(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let whole = store.show(&listed[0].id).await.unwrap().unwrap();
+    assert!(
+        whole.trimmed.is_none(),
+        "the whole fault, not the trimmed one"
+    );
+    // so it can be resubmitted with its record
+    let payload = resubmission(&whole).unwrap().payload;
+    assert!(
+        payload["Records"][0]["kinesis"]["data"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 300 * 1024
+    );
+}
+
 #[tokio::test]
 async fn garbage_is_retried_for_the_dead_letter_queue_never_faulted() {
     let s3 = bucket().await;
-    let handler = fault_monitor::handler(s3.clone()).unwrap();
+    let handler = fault_monitor::handler(&Settings::default(), s3.clone()).unwrap();
     let response = handler
-        .sqs(
+        .handle::<sources::Sqs>(
             sample("fault-monitor-bad.json"),
             &context(Duration::from_secs(30)),
         )
@@ -108,7 +195,7 @@ async fn listener(table: &str, fixed: bool, faults: Arc<MemoryFaults>) -> Handle
                         )?,
                     }))
                 })
-                .update(db, Default::default()),
+                .pipe(lambda_stream::sinks::Update::new(db)),
         )
         .build()
         .unwrap()
@@ -128,16 +215,16 @@ async fn a_resubmitted_fault_is_processed_by_the_fixed_function() {
     let batch = to_kinesis_records(&[event]);
     listener(&table, false, faults.clone())
         .await
-        .kinesis(batch, &ctx)
+        .handle::<sources::Kinesis>(batch, &ctx)
         .await
         .unwrap();
     let fault: FaultEvent = faults.published().remove(0);
 
     // 2. the monitor stores it (as the bus rule delivers it)
     let envelope = json!({"version": "0", "id": "x", "detail-type": "fault", "source": "custom", "detail": fault});
-    fault_monitor::handler(s3.clone())
+    fault_monitor::handler(&Settings::default(), s3.clone())
         .unwrap()
-        .sqs(to_sqs_messages(&[envelope.to_string()]), &ctx)
+        .handle::<sources::Sqs>(to_sqs_messages(&[envelope.to_string()]), &ctx)
         .await
         .unwrap();
     let store = FaultStore::new(s3);
@@ -152,10 +239,10 @@ async fn a_resubmitted_fault_is_processed_by_the_fixed_function() {
     let stored = store.show(&id).await.unwrap().unwrap();
     let r = resubmission(&stored).unwrap();
     assert_eq!(dry["payload"], r.payload);
-    let batch: KinesisBatch = serde_json::from_value(r.payload).unwrap();
+    let batch: KinesisRecords = serde_json::from_value(r.payload).unwrap();
     let response = listener(&table, true, Arc::new(MemoryFaults::default()))
         .await
-        .kinesis(batch, &ctx)
+        .handle::<sources::Kinesis>(batch, &ctx)
         .await
         .unwrap();
     assert!(response.batch_item_failures.is_empty());
@@ -172,13 +259,13 @@ async fn a_resubmitted_fault_is_processed_by_the_fixed_function() {
 async fn resubmit_invokes_the_function_with_the_original_records() {
     let s3 = bucket().await;
     let ctx = context(Duration::from_secs(30));
-    fault_monitor::handler(s3.clone())
+    fault_monitor::handler(&Settings::default(), s3.clone())
         .unwrap()
-        .sqs(sample("fault-monitor.json"), &ctx)
+        .handle::<sources::Sqs>(sample("fault-monitor.json"), &ctx)
         .await
         .unwrap();
     // a function named as the fault says, in the emulator (which echoes the payload)
-    let role = std::env::var("LAMBDA_TEST_ROLE_ARN").expect("set by scripts/with-emulator.sh");
+    let role = test_role_arn();
     let zip = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../core/tests/fixtures/bootstrap.zip"

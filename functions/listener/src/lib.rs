@@ -1,36 +1,26 @@
-//! listener: domain events from the Kinesis stream (fed by a bus rule) → the views table
-//! (materialize flavor), single-table: `pk`, `sk`, `discriminator`, `timestamp`,
-//! `lastModifiedBy`, `ttl`.
+//! listener: domain events from the Kinesis stream (fed by a bus rule) → the views table,
+//! single-table: `pk`, `sk`, `discriminator`, the thing's fields, `version`, `timestamp`,
+//! `lastModifiedBy`, and for a deleted thing `deleted` and `ttl`.
 //!
-//! `thing-created` / `thing-updated` upsert the thing's row; `thing-deleted` marks it deleted and
-//! sets a TTL so DynamoDB removes it later. Rows are written under the timestamp condition, so
-//! redeliveries and late events never move a row back in time.
+//! Every `thing-*` event carries the thing's whole state and its version, so a view row is
+//! simply replaced by the event's state under a version condition: a row is only ever replaced
+//! by a higher version. Any order of delivery, any redelivery and any duplicate give the same
+//! final views; no wall-clock time decides which write wins. A deleted thing's row is kept,
+//! marked deleted, and expires after [`DELETED_TTL_DAYS`].
 
-use lambda_stream::connectors::{DynamoDb, EventBridge, EventBridgeFaults, UpdateRequest};
-use lambda_stream::expressions::{ttl, update_expression};
-use lambda_stream::flavors::Materialize;
-use lambda_stream::sinks::UpdateOptions;
-use lambda_stream::{ConfigError, FaultPublisher, Handler, StepError, UnitOfWork};
+use lambda_stream::breaker::CircuitBreaker;
+use lambda_stream::connectors::{DynamoDb, EventBridge, EventBridgeFaults, Lambda, S3};
+use lambda_stream::expressions::{ttl, version_condition};
+use lambda_stream::faults::FaultPublisher;
+use lambda_stream::idempotency::Idempotency;
+use lambda_stream::sinks::{Put, PutRequest};
+use lambda_stream::{
+    ConfigError, Handler, IntoPipeline, Pipeline, Settings, StepError, UnitOfWork,
+};
 use serde_json::{Value, json};
 
 /// Days a deleted thing's row is kept.
 pub const DELETED_TTL_DAYS: i64 = 30;
-
-fn thing_of(uow: &UnitOfWork) -> Result<(&Value, &str), StepError> {
-    let event = uow.event();
-    let thing = event
-        .entity("thing")
-        .filter(|t| t.is_object())
-        .ok_or_else(|| {
-            StepError::poison_msg(format!("event {} has no `thing` object", event.id))
-        })?;
-    let id = thing
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| StepError::poison_msg(format!("event {}: thing.id is missing", event.id)))?;
-    Ok((thing, id))
-}
 
 fn modified_by(uow: &UnitOfWork) -> &str {
     let e = uow.event();
@@ -39,76 +29,95 @@ fn modified_by(uow: &UnitOfWork) -> &str {
         .unwrap_or("unknown")
 }
 
-/// Upserts the thing's row.
-pub fn to_update_request(uow: &UnitOfWork) -> Result<UpdateRequest, StepError> {
-    let (thing, id) = thing_of(uow)?;
-    let mut fields = thing.as_object().cloned().unwrap_or_default();
-    fields.remove("id");
-    fields.insert("discriminator".into(), json!("thing"));
-    fields.insert("timestamp".into(), json!(uow.event().timestamp));
-    fields.insert("lastModifiedBy".into(), json!(modified_by(uow)));
-    fields.insert("deleted".into(), Value::Null);
-    fields.insert("ttl".into(), Value::Null);
-    Ok(UpdateRequest {
+/// The thing's row at the event's version: its whole state, replacing any older version.
+pub fn to_put_request(uow: &UnitOfWork) -> Result<PutRequest, StepError> {
+    let event = uow.event();
+    let thing = event
+        .entity("thing")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            StepError::poison_msg(format!("event {} has no `thing` object", event.id))
+        })?;
+    let id = thing
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| StepError::poison_msg(format!("event {}: thing.id is missing", event.id)))?;
+    let version = event
+        .entity("version")
+        .and_then(Value::as_u64)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| StepError::poison_msg(format!("event {} has no version", event.id)))?;
+    let mut row = thing.clone();
+    row.remove("id");
+    row.insert("pk".into(), json!(id));
+    row.insert("sk".into(), json!("thing"));
+    row.insert("discriminator".into(), json!("thing"));
+    row.insert("version".into(), json!(version));
+    row.insert("timestamp".into(), json!(event.timestamp));
+    row.insert("lastModifiedBy".into(), json!(modified_by(uow)));
+    if event.event_type == "thing-deleted" {
+        row.insert("deleted".into(), json!(true));
+        row.insert("ttl".into(), json!(ttl(event.timestamp, DELETED_TTL_DAYS)));
+    }
+    Ok(PutRequest {
         table: None,
-        key: json!({"pk": id, "sk": "thing"}),
-        expression: update_expression(&Value::Object(fields))?.timestamp_condition()?,
+        item: Value::Object(row),
+        condition: Some(version_condition("version", version)),
     })
 }
 
-/// Marks the thing's row deleted, to expire after [`DELETED_TTL_DAYS`].
-pub fn to_delete_request(uow: &UnitOfWork) -> Result<UpdateRequest, StepError> {
-    let (_, id) = thing_of(uow)?;
-    let timestamp = uow.event().timestamp;
-    let fields = json!({
-        "discriminator": "thing",
-        "deleted": true,
-        "timestamp": timestamp,
-        "lastModifiedBy": modified_by(uow),
-        "ttl": ttl(timestamp, DELETED_TTL_DAYS),
-    });
-    Ok(UpdateRequest {
-        table: None,
-        key: json!({"pk": id, "sk": "thing"}),
-        expression: update_expression(&fields)?.timestamp_condition()?,
-    })
-}
-
-/// The handler: materialize rules into `table`.
+/// The handler: views into `table`, one pipeline for live things and one for deleted ones,
+/// a key's events applied one at a time across both (`in_key_order`). With an idempotency
+/// table in the settings, both are guarded: a redelivered event already applied is skipped
+/// without a write, and one that keeps failing is faulted with its data after
+/// `IDEMPOTENCY_MAX_ATTEMPTS` attempts.
 pub fn handler(
+    settings: &Settings,
     db: DynamoDb,
     table: &str,
     faults: impl FaultPublisher + 'static,
 ) -> Result<Handler, ConfigError> {
-    let options = UpdateOptions {
-        table: table.to_owned(),
-        ..UpdateOptions::default()
+    let guard = Idempotency::from_settings(settings, &db);
+    let view = |id: &str, types: &[&str], db: DynamoDb| {
+        let p = Pipeline::new(id)
+            .on_event_type(types.to_vec())
+            .map(|uow: UnitOfWork| {
+                let request = to_put_request(&uow)?;
+                Ok(uow.with(request))
+            })
+            .pipe(Put::new(db).table(table))
+            .into_pipeline();
+        match &guard {
+            Some(g) => p.idempotent(g.clone()),
+            None => p,
+        }
     };
-    let mut upsert = Materialize::new(
-        "thing-view",
-        ["thing-created", "thing-updated"],
-        to_update_request,
-        db.clone(),
-    );
-    upsert.options = options.clone();
-    let mut delete = Materialize::new("thing-deleted", "thing-deleted", to_delete_request, db);
-    delete.options = options;
-    // the views are written only here, from this service's own event log: its own events are
-    // exactly the ones to materialize (the flavor's default skips them, for services that
-    // write their views directly)
-    upsert.service = None;
-    delete.service = None;
     Handler::builder(faults)
-        .pipeline(upsert)
-        .pipeline(delete)
+        .settings(settings)
+        .in_key_order()
+        .pipeline(view(
+            "thing-view",
+            &["thing-created", "thing-updated"],
+            db.clone(),
+        ))
+        .pipeline(view("thing-deleted", &["thing-deleted"], db))
         .build()
 }
 
-/// The handler as deployed: `VIEWS_TABLE` (else `ENTITY_TABLE_NAME`), faults to `BUS_NAME`.
+/// The handler as deployed: `VIEWS_TABLE` (else `ENTITY_TABLE_NAME`), faults to `BUS_NAME`
+/// (and `FAULTS_BUCKET` for faults too large or rejected), and the circuit breaker the
+/// `CIRCUIT_BREAKER_*` settings describe.
 pub async fn from_env() -> Result<Handler, ConfigError> {
-    let table = std::env::var("VIEWS_TABLE")
-        .or_else(|_| std::env::var("ENTITY_TABLE_NAME"))
-        .unwrap_or_default();
-    let faults = EventBridgeFaults(EventBridge::from_env().await);
-    handler(DynamoDb::shared().await, &table, faults)
+    let settings = Settings::from_env();
+    let table = std::env::var("VIEWS_TABLE").unwrap_or_else(|_| settings.entity_table.clone());
+    let faults = EventBridgeFaults(EventBridge::from_settings(&settings).await);
+    let mut handler = handler(&settings, DynamoDb::shared().await, &table, faults)?;
+    if let Some(store) = S3::faults(&settings).await {
+        handler = handler.with_fault_store(store);
+    }
+    if let Some(breaker) = CircuitBreaker::from_settings(&settings, Lambda::shared().await) {
+        handler = handler.with_circuit_breaker(breaker);
+    }
+    Ok(handler)
 }

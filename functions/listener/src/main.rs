@@ -1,7 +1,4 @@
-use std::sync::Arc;
-
-use lambda_runtime::{LambdaEvent, service_fn};
-use lambda_stream::sources::KinesisBatch;
+use lambda_stream::sources::Kinesis;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -9,12 +6,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_stream::logging::init();
-    let handler = Arc::new(listener::from_env().await?);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<KinesisBatch>| {
-        let handler = Arc::clone(&handler);
-        async move {
-            Ok::<_, lambda_runtime::Error>(handler.kinesis(event.payload, &event.context).await?)
-        }
-    }))
-    .await
+    lambda_stream::run::<Kinesis>(listener::from_env().await?).await
 }

@@ -4,10 +4,11 @@
 //! `{pk: stream, sk: sequence, discriminator: "event", timestamp, event: {...}}`; its INSERT
 //! arrives here as an `event-created` change, and the stored `event` is what is published.
 
-use lambda_stream::connectors::{EventBridge, EventBridgeFaults};
+use lambda_stream::connectors::{EventBridge, EventBridgeFaults, S3};
+use lambda_stream::faults::FaultPublisher;
 use lambda_stream::flavors::Cdc;
 use lambda_stream::sources::DynamoDbOptions;
-use lambda_stream::{ConfigError, Event, FaultPublisher, Handler, StepError, UnitOfWork};
+use lambda_stream::{ConfigError, Event, Handler, Settings, StepError, UnitOfWork};
 use serde_json::Value;
 
 /// The domain event stored in an appended events-table item.
@@ -33,10 +34,12 @@ pub fn to_event(uow: &UnitOfWork, _related: &[Value]) -> Result<Event, StepError
 
 /// The handler: one cdc pipeline publishing appended events to `bus`.
 pub fn handler(
+    settings: &Settings,
     bus: EventBridge,
     faults: impl FaultPublisher + 'static,
 ) -> Result<Handler, ConfigError> {
     Handler::builder(faults)
+        .settings(settings)
         .dynamodb_options(DynamoDbOptions {
             // the event log is written in this region; nothing to filter
             region: None,
@@ -46,8 +49,14 @@ pub fn handler(
         .build()
 }
 
-/// The handler as deployed: `BUS_NAME` for events and faults.
+/// The handler as deployed: `BUS_NAME` for events and faults, `FAULTS_BUCKET` for faults too
+/// large or rejected.
 pub async fn from_env() -> Result<Handler, ConfigError> {
-    let bus = EventBridge::from_env().await;
-    handler(bus.clone(), EventBridgeFaults(bus))
+    let settings = Settings::from_env();
+    let bus = EventBridge::from_settings(&settings).await;
+    let handler = handler(&settings, bus.clone(), EventBridgeFaults(bus))?;
+    Ok(match S3::faults(&settings).await {
+        Some(store) => handler.with_fault_store(store),
+        None => handler,
+    })
 }

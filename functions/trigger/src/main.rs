@@ -1,7 +1,4 @@
-use std::sync::Arc;
-
-use lambda_runtime::{LambdaEvent, service_fn};
-use lambda_stream::sources::DynamoDbBatch;
+use lambda_stream::sources::DynamoDb;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -9,12 +6,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_stream::logging::init();
-    let handler = Arc::new(trigger::from_env().await?);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<DynamoDbBatch>| {
-        let handler = Arc::clone(&handler);
-        async move {
-            Ok::<_, lambda_runtime::Error>(handler.dynamodb(event.payload, &event.context).await?)
-        }
-    }))
-    .await
+    lambda_stream::run::<DynamoDb>(trigger::from_env().await?).await
 }

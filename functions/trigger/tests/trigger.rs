@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
+use lambda_stream::Settings;
 use lambda_stream::aws;
 use lambda_stream::connectors::EventBridge;
-use lambda_stream::sources::DynamoDbBatch;
+use lambda_stream::sources;
+use lambda_stream::sources::DynamoDbRecords;
 use lambda_stream::testing::*;
 use serde_json::json;
 
-fn sample() -> DynamoDbBatch {
+fn sample() -> DynamoDbRecords {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../events/trigger.json"
@@ -22,12 +24,13 @@ async fn publishes_each_appended_event_once_and_faults_an_item_without_one() {
     let (bus, queue) = bus_to_queue("trigger", json!({"source": ["custom"]})).await;
     let faults = std::sync::Arc::new(MemoryFaults::default());
     let handler = trigger::handler(
+        &Settings::default(),
         EventBridge::new(aws::eventbridge().await.clone(), &bus),
         faults.clone(),
     )
     .unwrap();
     let response = handler
-        .dynamodb(sample(), &context(Duration::from_secs(30)))
+        .handle::<sources::DynamoDb>(sample(), &context(Duration::from_secs(30)))
         .await
         .unwrap();
     assert!(response.batch_item_failures.is_empty());
@@ -36,7 +39,8 @@ async fn publishes_each_appended_event_once_and_faults_an_item_without_one() {
     assert_eq!(delivered.len(), 1);
     let event = &delivered[0]["detail"];
     assert_eq!(delivered[0]["detail-type"], "thing-created");
-    assert_eq!(event["id"], "thing:1");
+    assert_eq!(event["id"], "thing#t1:v1");
+    assert_eq!(event["version"], 1);
     assert_eq!(event["thing"]["name"], "widget");
     assert_eq!(
         event["tags"]["source"], "reference",

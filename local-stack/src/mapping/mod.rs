@@ -12,17 +12,22 @@
 //! - `MaximumRetryAttempts` and `MaximumRecordAgeInSeconds`: the batch is then described on the
 //!   on-failure destination (an SQS queue) and the shard moves on.
 //!
+//! The rules themselves are pure and tested on their own ([`policy`]); the pollers read, invoke
+//! and write around them. `UpdateEventSourceMapping` (enabled, batch size) reaches a running
+//! poller through its [`control`].
+//!
 //! Local differences, for speed: retries wait 100 ms doubling to 2 s rather than Lambda's
 //! schedule, and an SQS message a function failed becomes visible again after 1 s rather than
 //! after the queue's visibility timeout.
 
+pub mod control;
+pub mod policy;
 pub mod queue;
 pub mod records;
 pub mod stream;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -58,45 +63,4 @@ impl Activity {
     pub fn snapshot(&self) -> BTreeMap<String, Counters> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-}
-
-/// The URL of the SQS queue with this ARN.
-pub async fn queue_url(sqs: &aws_sdk_sqs::Client, arn: &str) -> Result<String, crate::Error> {
-    let name = arn.rsplit(':').next().unwrap_or(arn);
-    let out = sqs
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .map_err(crate::Error::aws)?;
-    Ok(out.queue_url().unwrap_or_default().to_owned())
-}
-
-/// The wait before retry `attempt` (1-based).
-pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(2))
-}
-
-/// The item identifiers a partial batch response reports, or `None` when the response is not
-/// one (then the batch succeeded).
-///
-/// ```
-/// use local_stack::mapping::reported_failures;
-/// assert_eq!(reported_failures(br#"{"batchItemFailures":[{"itemIdentifier":"7"}]}"#), Some(vec![Some("7".to_string())]));
-/// assert_eq!(reported_failures(br#"{"batchItemFailures":[]}"#), Some(vec![]));
-/// assert_eq!(reported_failures(b"null"), None);
-/// ```
-pub fn reported_failures(response: &[u8]) -> Option<Vec<Option<String>>> {
-    let v: serde_json::Value = serde_json::from_slice(response).ok()?;
-    let list = v.get("batchItemFailures")?.as_array()?;
-    Some(
-        list.iter()
-            .map(|f| {
-                f.get("itemIdentifier")
-                    .and_then(serde_json::Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-            })
-            .collect(),
-    )
 }

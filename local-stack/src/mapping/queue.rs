@@ -11,10 +11,12 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::Activity;
+use super::policy::{self, Answer};
 use super::records::{sqs_filter_view, sqs_record};
-use super::{Activity, queue_url, reported_failures};
 use crate::Error;
-use crate::runtime::Invoke;
+use crate::destination::queue_url;
+use crate::invoke::Invoke;
 use crate::spec::QueueMapping;
 
 /// How soon a message the function failed is received again, locally.
@@ -32,6 +34,8 @@ pub struct QueuePoller {
     pub activity: Arc<Activity>,
     /// The region in records.
     pub region: String,
+    /// Switched off, or its batch size changed, through the Lambda API.
+    pub control: Arc<super::control::MappingControl>,
 }
 
 impl QueuePoller {
@@ -46,11 +50,18 @@ impl QueuePoller {
             if *stop.borrow() {
                 return Ok(());
             }
+            if !self.control.enabled() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                continue;
+            }
             let received = tokio::select! {
                 r = self.sqs
                     .receive_message()
                     .queue_url(&url)
-                    .max_number_of_messages(self.mapping.batch_size as i32)
+                    .max_number_of_messages(self.control.batch_size().min(10) as i32)
                     .wait_time_seconds(1)
                     .message_system_attribute_names(MessageSystemAttributeName::All)
                     .message_attribute_names("All")
@@ -105,34 +116,28 @@ impl QueuePoller {
             c.invocations += 1;
             c.delivered += keep.len() as u64;
         });
-        let failed: Vec<&Message> = match self
+        let answer = self
             .function
             .invoke(Bytes::from(serde_json::to_vec(&payload)?))
-            .await
-        {
+            .await;
+        let ids: Vec<&str> = keep
+            .iter()
+            .map(|(m, _)| m.message_id().unwrap_or_default())
+            .collect();
+        let outcome = match &answer {
+            Ok(body) => policy::failed(&ids, self.mapping.report_failures, &Answer::Response(body)),
             Err(e) => {
                 tracing::info!(mapping = %key, error = %e, "function error; every message comes back");
-                keep.iter().map(|(m, _)| m).collect()
+                policy::Failed::All
             }
-            Ok(_) if !self.mapping.report_failures => Vec::new(),
-            Ok(body) => match reported_failures(&body) {
-                None => Vec::new(),
-                Some(ids) => {
-                    if ids.iter().any(|id| {
-                        id.as_deref()
-                            .is_none_or(|id| !keep.iter().any(|(m, _)| m.message_id() == Some(id)))
-                    }) {
-                        // an identifier that names no message fails the whole batch
-                        keep.iter().map(|(m, _)| m).collect()
-                    } else {
-                        keep.iter()
-                            .map(|(m, _)| m)
-                            .filter(|m| ids.iter().any(|id| id.as_deref() == m.message_id()))
-                            .collect()
-                    }
-                }
-            },
         };
+        let is_done = policy::queue_done(keep.len(), &outcome);
+        let failed: Vec<&Message> = keep
+            .iter()
+            .zip(&is_done)
+            .filter(|(_, done)| !**done)
+            .map(|((m, _), _)| m)
+            .collect();
         let done: Vec<&Message> = keep
             .iter()
             .map(|(m, _)| m)

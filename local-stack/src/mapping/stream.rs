@@ -8,13 +8,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_sdk_dynamodbstreams::types::ShardIteratorType as DdbIterator;
 use aws_sdk_kinesis::types::ShardIteratorType as KinesisIterator;
 use bytes::Bytes;
+use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::Activity;
+use super::control::MappingControl;
+use super::policy::{self, Answer, Condition, Failed, Next, Rules, Settle, Shard};
 use super::records::{dynamodb_record, dynamodb_sequence, kinesis_filter_view, kinesis_record};
-use super::{Activity, reported_failures, retry_delay};
 use crate::Error;
-use crate::runtime::Invoke;
+use crate::chaos::{Chaos, Kind};
+use crate::destination::send_to_queue_arn;
+use crate::invoke::Invoke;
 use crate::spec::{StreamKind, StreamMapping};
 
 /// The clients a stream mapping needs.
@@ -40,6 +45,10 @@ pub struct StreamPoller {
     pub activity: Arc<Activity>,
     /// The region in records.
     pub region: String,
+    /// With chaos: records that succeeded are sometimes delivered again.
+    pub chaos: Option<Arc<Chaos>>,
+    /// Switched off, or its batch size changed, through the Lambda API.
+    pub control: Arc<MappingControl>,
 }
 
 struct Rec {
@@ -61,12 +70,6 @@ enum Reader {
 
 /// Where a new iterator starts: the mapping's starting position, or after the last record read.
 type After<'a> = Option<&'a str>;
-
-enum Verdict {
-    Done,
-    RetryFrom(usize),
-    FunctionError(String),
-}
 
 fn now_secs() -> f64 {
     SystemTime::now()
@@ -285,15 +288,28 @@ impl StreamPoller {
         let mut last: Option<String> = None;
         let mut buffer: VecDeque<Rec> = VecDeque::new();
         let mut closed = false;
-        let mut limit = self.mapping.batch_size;
-        let mut attempts = 0u32;
+        let mut state = Shard::new(Rules {
+            batch_size: self.mapping.batch_size,
+            bisect: self.mapping.bisect,
+            max_retries: self.mapping.max_retries,
+            max_age: self.mapping.max_age,
+        });
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
+            if !self.control.enabled() {
+                // switched off: nothing is read or delivered; the checkpoint stays
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                continue;
+            }
+            let batch_size = self.control.batch_size();
             // gather a batch: up to batch_size records, or what arrived within the window
             let gather_until = Instant::now() + self.mapping.window;
-            while !closed && buffer.len() < self.mapping.batch_size {
+            while !closed && buffer.len() < batch_size {
                 match self.read(&mut reader, shard, &mut last).await {
                     Ok(Some(recs)) => {
                         let empty = recs.is_empty();
@@ -329,20 +345,21 @@ impl StreamPoller {
                 }
                 continue;
             }
-            if let Some(max_age) = self.mapping.max_age {
-                let oldest_allowed = now_secs() - max_age.as_secs_f64();
-                let expired = buffer
-                    .iter()
-                    .take_while(|r| r.arrival < oldest_allowed)
-                    .count();
-                if expired > 0 {
-                    self.give_up(shard, &buffer, expired, attempts, "RecordAgeExceeded")
+            let arrivals: Vec<f64> = buffer.iter().map(|r| r.arrival).collect();
+            let n = match state.next(&arrivals, now_secs()) {
+                Next::GiveUp {
+                    count,
+                    condition,
+                    attempts,
+                } => {
+                    self.give_up(shard, &buffer, count, attempts, condition.as_str())
                         .await;
-                    buffer.drain(..expired);
+                    buffer.drain(..count);
+                    state.gave_up();
                     continue;
                 }
-            }
-            let n = limit.min(buffer.len());
+                Next::Invoke { count } => count.min(batch_size),
+            };
             let payload =
                 json!({"Records": buffer.iter().take(n).map(|r| &r.record).collect::<Vec<_>>()});
             let payload = Bytes::from(serde_json::to_vec(&payload)?);
@@ -353,68 +370,68 @@ impl StreamPoller {
             });
             let answer = self.function.invoke(payload).await;
             tracing::debug!(mapping = %key, records = n, ?answer, "invoked");
-            let verdict = match answer {
-                Err(e) => Verdict::FunctionError(e.to_string()),
-                Ok(_) if !self.mapping.report_failures => Verdict::Done,
-                Ok(body) => match reported_failures(&body) {
-                    None => Verdict::Done,
-                    Some(ids) if ids.is_empty() => Verdict::Done,
-                    Some(ids) => {
-                        let positions: Option<Vec<usize>> = ids
-                            .iter()
-                            .map(|id| {
-                                let id = id.as_deref()?;
-                                buffer.iter().take(n).position(|r| r.seq == id)
-                            })
-                            .collect();
-                        // an identifier that names no record of the batch fails it all
-                        Verdict::RetryFrom(positions.and_then(|p| p.into_iter().min()).unwrap_or(0))
-                    }
-                },
-            };
-            let failing = match verdict {
-                Verdict::Done => {
-                    buffer.drain(..n);
-                    self.activity.update(&key, |c| c.finished += n as u64);
-                    attempts = 0;
-                    limit = self.mapping.batch_size;
-                    continue;
+            let ids: Vec<&str> = buffer.iter().take(n).map(|r| r.seq.as_str()).collect();
+            let failed = match &answer {
+                Ok(body) => {
+                    policy::failed(&ids, self.mapping.report_failures, &Answer::Response(body))
                 }
-                Verdict::RetryFrom(i) => {
-                    buffer.drain(..i);
+                Err(_) => Failed::All,
+            };
+            match state.settle(n, &failed, answer.is_err()) {
+                Settle::Advance { done } => {
+                    // chaos: as after a partial batch response, the records from a point
+                    // inside the batch come again although they succeeded
+                    let done = match self.chaos.as_ref().filter(|c| done > 1 && c.roll()) {
+                        Some(chaos) => {
+                            let from = chaos.with_rng(|r| r.random_range(1..done));
+                            chaos.count(
+                                &format!("mapping {key}"),
+                                Kind::Redelivered,
+                                (done - from) as u64,
+                            );
+                            from
+                        }
+                        None => done,
+                    };
+                    buffer.drain(..done);
+                    self.activity.update(&key, |c| c.finished += done as u64);
+                }
+                Settle::Bisect => {
+                    self.activity.update(&key, |c| c.retried += 1);
+                    tracing::info!(mapping = %key, "function error; bisecting the batch");
+                }
+                Settle::Retry { done, delay } => {
+                    buffer.drain(..done);
                     self.activity.update(&key, |c| {
-                        c.finished += i as u64;
+                        c.finished += done as u64;
                         c.retried += 1;
                     });
-                    if i > 0 {
-                        attempts = 0;
+                    tracing::info!(mapping = %key, from = %buffer[0].seq, ?delay, "batch failed; retrying from the first failed record");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return Ok(()),
                     }
-                    tracing::info!(mapping = %key, from = %buffer[0].seq, "partial batch failure; resuming at the first reported record");
-                    n - i
                 }
-                Verdict::FunctionError(e) => {
-                    self.activity.update(&key, |c| c.retried += 1);
-                    if self.mapping.bisect && n > 1 {
-                        limit = n.div_ceil(2);
-                        tracing::info!(mapping = %key, error = %e, size = limit, "function error; bisecting the batch");
-                        continue;
-                    }
-                    tracing::info!(mapping = %key, error = %e, "function error; retrying the batch");
-                    n
-                }
-            };
-            attempts += 1;
-            if self.mapping.max_retries.is_some_and(|max| attempts > max) {
-                self.give_up(shard, &buffer, failing, attempts, "RetryAttemptsExhausted")
+                Settle::GiveUp {
+                    done,
+                    count,
+                    attempts,
+                } => {
+                    buffer.drain(..done);
+                    self.activity.update(&key, |c| {
+                        c.finished += done as u64;
+                        c.retried += 1;
+                    });
+                    self.give_up(
+                        shard,
+                        &buffer,
+                        count,
+                        attempts,
+                        Condition::RetryAttemptsExhausted.as_str(),
+                    )
                     .await;
-                buffer.drain(..failing);
-                attempts = 0;
-                limit = self.mapping.batch_size;
-                continue;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(retry_delay(attempts)) => {}
-                _ = stop.changed() => return Ok(()),
+                    buffer.drain(..count);
+                }
             }
         }
     }
@@ -471,19 +488,4 @@ impl StreamPoller {
             tracing::error!(mapping = %key, error = %e, "cannot send the on-failure record");
         }
     }
-}
-
-/// Sends `body` to the SQS queue with this ARN.
-pub async fn send_to_queue_arn(
-    sqs: &aws_sdk_sqs::Client,
-    arn: &str,
-    body: &str,
-) -> Result<(), Error> {
-    sqs.send_message()
-        .queue_url(super::queue_url(sqs, arn).await?)
-        .message_body(body)
-        .send()
-        .await
-        .map_err(Error::aws)?;
-    Ok(())
 }

@@ -1,6 +1,5 @@
-//! The invocation's outcome: one per record, and the partial batch response Lambda expects.
+//! What Lambda is answered: every record's outcome, and the partial batch response built from them.
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
@@ -10,30 +9,8 @@ use aws_lambda_events::event::streams::{
 use serde::Serialize;
 
 use crate::error::BatchError;
-use crate::sources::SourceRecord;
-
-/// How a record ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// Processed (or skipped on purpose, or filtered out by every pipeline).
-    Done,
-    /// Set aside: its fault event was published.
-    Faulted,
-    /// To be delivered again.
-    Retry,
-}
-
-/// What Lambda delivers again after a partial failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Redelivery {
-    /// Kinesis, DynamoDB: every record from the reported sequence number on.
-    FromCheckpoint,
-    /// SQS: each reported message.
-    PerRecord,
-    /// SNS, S3, EventBridge: the whole event, when the invocation fails.
-    Whole,
-}
+use crate::outcome::Outcome;
+use crate::record::SourceRecord;
 
 /// Counts of outcomes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -55,15 +32,15 @@ pub struct Outcomes {
     pub(crate) records: Vec<Arc<SourceRecord>>,
 }
 
-/// Sequence numbers are decimal strings of up to 128 digits: compare by length, then text.
-fn cmp_sequence(a: &str, b: &str) -> Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-}
-
 impl Outcomes {
     /// Outcomes by batch position.
     pub fn outcomes(&self) -> &[Outcome] {
         &self.outcomes
+    }
+
+    /// The ARN of the event source of the batch (its first record's), if the source has one.
+    pub fn event_source_arn(&self) -> Option<&str> {
+        self.records.iter().find_map(|r| r.event_source_arn())
     }
 
     /// Counts of each outcome.
@@ -92,16 +69,9 @@ impl Outcomes {
 
     /// The lowest sequence number to retry from, if any record is to be retried.
     fn checkpoint(&self) -> Result<Option<String>, BatchError> {
-        let mut lowest: Option<&str> = None;
-        for i in self.retry_positions() {
-            let id = self.records[i]
-                .item_identifier()
-                .ok_or(BatchError::Unidentifiable(i))?;
-            if lowest.is_none_or(|l| cmp_sequence(id, l) == Ordering::Less) {
-                lowest = Some(id);
-            }
-        }
-        Ok(lowest.map(str::to_owned))
+        crate::delivery::checkpoint(&self.outcomes, &self.records)
+            .map(|cp| cp.map(|(_, seq)| seq.to_owned()))
+            .map_err(BatchError::Unidentifiable)
     }
 
     /// The Kinesis partial batch response: the lowest sequence number to retry, or nothing.
@@ -147,19 +117,5 @@ impl Outcomes {
             0 => Ok(()),
             n => Err(BatchError::Retry(n)),
         }
-    }
-
-    /// Which records Lambda will deliver again, given the outcomes so far.
-    pub(crate) fn redelivered_by(outcomes: &[Outcome], redelivery: Redelivery) -> Vec<bool> {
-        let first_retry = outcomes.iter().position(|o| *o == Outcome::Retry);
-        outcomes
-            .iter()
-            .enumerate()
-            .map(|(i, o)| match redelivery {
-                Redelivery::PerRecord => *o == Outcome::Retry,
-                Redelivery::FromCheckpoint => first_retry.is_some_and(|f| i >= f),
-                Redelivery::Whole => first_retry.is_some(),
-            })
-            .collect()
     }
 }

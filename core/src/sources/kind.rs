@@ -1,0 +1,164 @@
+//! The Lambda event sources as types: each knows its event, how its records decode, how Lambda
+//! redelivers what is not done, and the answer Lambda expects.
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::sqs::SqsBatchResponse;
+use aws_lambda_events::event::streams::{DynamoDbEventResponse, KinesisEventResponse};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{
+    Decoded, DynamoDbOptions, DynamoDbRecords, KinesisRecords, S3Records, SnsRecords, SqsRecords,
+    from_dynamodb, from_eventbridge, from_kinesis, from_s3, from_sns, from_sqs, from_sqs_sns_s3,
+};
+use crate::delivery::Redelivery;
+use crate::error::BatchError;
+use crate::response::Outcomes;
+
+/// How records are decoded, beyond what the event itself says.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeOptions {
+    /// How DynamoDB stream records are read.
+    pub dynamodb: DynamoDbOptions,
+}
+
+/// A Lambda event source. [`Handler::handle`](crate::Handler::handle) and [`run`](crate::run)
+/// take one as a type parameter:
+///
+/// ```no_run
+/// use lambda_stream::{Handler, Pipeline, sources, testing::MemoryFaults};
+///
+/// # async fn main_() -> Result<(), lambda_runtime::Error> {
+/// let handler = Handler::builder(MemoryFaults::default()).pipeline(Pipeline::new("p1")).build()?;
+/// lambda_stream::run::<sources::Kinesis>(handler).await
+/// # }
+/// ```
+///
+/// A source of your own (say, records in a custom envelope) implements it the same way.
+pub trait Source: Send + Sync + 'static {
+    /// The Lambda event, as `lambda_runtime` hands it over.
+    type Event: DeserializeOwned + Send + 'static;
+    /// What the invocation answers.
+    type Response: Serialize + Send + 'static;
+    /// What Lambda delivers again when records are not done.
+    const REDELIVERY: Redelivery;
+    /// The event's records as units of work; the ones that do not decode become faults.
+    fn decode(event: Self::Event, options: &DecodeOptions) -> Decoded;
+    /// The answer from every record's outcome: a partial batch response, or an error that
+    /// fails the invocation so Lambda delivers it again.
+    fn respond(outcomes: &Outcomes) -> Result<Self::Response, BatchError>;
+}
+
+/// Kinesis: partial batch response with the lowest retry sequence number.
+#[derive(Debug, Clone, Copy)]
+pub struct Kinesis;
+
+impl Source for Kinesis {
+    type Event = KinesisRecords;
+    type Response = KinesisEventResponse;
+    const REDELIVERY: Redelivery = Redelivery::FromCheckpoint;
+    fn decode(event: KinesisRecords, _: &DecodeOptions) -> Decoded {
+        from_kinesis(event)
+    }
+    fn respond(outcomes: &Outcomes) -> Result<KinesisEventResponse, BatchError> {
+        outcomes.kinesis_response()
+    }
+}
+
+/// DynamoDB Streams: partial batch response with the lowest retry sequence number.
+#[derive(Debug, Clone, Copy)]
+pub struct DynamoDb;
+
+impl Source for DynamoDb {
+    type Event = DynamoDbRecords;
+    type Response = DynamoDbEventResponse;
+    const REDELIVERY: Redelivery = Redelivery::FromCheckpoint;
+    fn decode(event: DynamoDbRecords, options: &DecodeOptions) -> Decoded {
+        from_dynamodb(event, &options.dynamodb)
+    }
+    fn respond(outcomes: &Outcomes) -> Result<DynamoDbEventResponse, BatchError> {
+        outcomes.dynamodb_response()
+    }
+}
+
+/// SQS, each body an event (or an SNS notification or EventBridge event carrying one): every
+/// retry message id reported.
+#[derive(Debug, Clone, Copy)]
+pub struct Sqs;
+
+impl Source for Sqs {
+    type Event = SqsRecords;
+    type Response = SqsBatchResponse;
+    const REDELIVERY: Redelivery = Redelivery::PerRecord;
+    fn decode(event: SqsRecords, _: &DecodeOptions) -> Decoded {
+        from_sqs(event)
+    }
+    fn respond(outcomes: &Outcomes) -> Result<SqsBatchResponse, BatchError> {
+        outcomes.sqs_response()
+    }
+}
+
+/// SQS carrying S3 notifications, directly or through SNS: every retry message id reported.
+#[derive(Debug, Clone, Copy)]
+pub struct SqsSnsS3;
+
+impl Source for SqsSnsS3 {
+    type Event = SqsRecords;
+    type Response = SqsBatchResponse;
+    const REDELIVERY: Redelivery = Redelivery::PerRecord;
+    fn decode(event: SqsRecords, _: &DecodeOptions) -> Decoded {
+        from_sqs_sns_s3(event)
+    }
+    fn respond(outcomes: &Outcomes) -> Result<SqsBatchResponse, BatchError> {
+        outcomes.sqs_response()
+    }
+}
+
+/// SNS: no partial response; any retry fails the invocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Sns;
+
+impl Source for Sns {
+    type Event = SnsRecords;
+    type Response = ();
+    const REDELIVERY: Redelivery = Redelivery::Whole;
+    fn decode(event: SnsRecords, _: &DecodeOptions) -> Decoded {
+        from_sns(event)
+    }
+    fn respond(outcomes: &Outcomes) -> Result<(), BatchError> {
+        outcomes.async_result()
+    }
+}
+
+/// S3 notifications: no partial response; any retry fails the invocation.
+#[derive(Debug, Clone, Copy)]
+pub struct S3;
+
+impl Source for S3 {
+    type Event = S3Records;
+    type Response = ();
+    const REDELIVERY: Redelivery = Redelivery::Whole;
+    fn decode(event: S3Records, _: &DecodeOptions) -> Decoded {
+        from_s3(event)
+    }
+    fn respond(outcomes: &Outcomes) -> Result<(), BatchError> {
+        outcomes.async_result()
+    }
+}
+
+/// EventBridge (a rule targeting the function): a retry fails the invocation.
+#[derive(Debug, Clone, Copy)]
+pub struct EventBridge;
+
+impl Source for EventBridge {
+    type Event = EventBridgeEvent<Value>;
+    type Response = ();
+    const REDELIVERY: Redelivery = Redelivery::Whole;
+    fn decode(event: EventBridgeEvent<Value>, _: &DecodeOptions) -> Decoded {
+        from_eventbridge(event)
+    }
+    fn respond(outcomes: &Outcomes) -> Result<(), BatchError> {
+        outcomes.async_result()
+    }
+}
