@@ -62,22 +62,27 @@ fn unzip(b64: &str) -> Result<Value, String> {
     serde_json::from_slice(&json).map_err(|e| format!("compressed value is not JSON: {e}"))
 }
 
+/// What aws-lambda-stream never compresses as a whole in a fault event: the unit of work and
+/// the record it quotes (their own big fields still are).
+pub const FAULT_COMPRESSION_IGNORE: &[&str] = &["uow", "batch", "record", "kinesis", "data"];
+
 /// Compresses, top down as aws-lambda-stream's replacer does, every field whose estimated size
 /// is over `threshold`: the top-level object and array elements never, a value already
-/// compressed never again.
-pub fn compress_value(value: &mut Value, threshold: usize) {
-    compress_fields(value, threshold, &[]);
+/// compressed never again. True when anything was compressed.
+pub fn compress_value(value: &mut Value, threshold: usize) -> bool {
+    compress_fields(value, threshold, &[])
 }
 
 /// [`compress_value`], never compressing the fields named in `ignore` (at any depth) as a
 /// whole, though what they hold may be.
-pub fn compress_fields(value: &mut Value, threshold: usize, ignore: &[&str]) {
+pub fn compress_fields(value: &mut Value, threshold: usize, ignore: &[&str]) -> bool {
+    let mut changed = false;
     match value {
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
                 // an ignored field is not compressed itself, but what it holds may be
                 if ignore.contains(&key.as_str()) {
-                    compress_fields(v, threshold, ignore);
+                    changed |= compress_fields(v, threshold, ignore);
                     continue;
                 }
                 let already = v
@@ -86,18 +91,22 @@ pub fn compress_fields(value: &mut Value, threshold: usize, ignore: &[&str]) {
                 if !already && sizeof(v) > threshold {
                     if let Some(zipped) = zip(v) {
                         *v = Value::String(zipped);
+                        changed = true;
                     }
                 } else {
-                    compress_fields(v, threshold, ignore);
+                    changed |= compress_fields(v, threshold, ignore);
                 }
             }
         }
         // array elements are not compressed themselves, but their fields are
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|i| compress_fields(i, threshold, ignore)),
+        Value::Array(items) => {
+            for i in items {
+                changed |= compress_fields(i, threshold, ignore);
+            }
+        }
         _ => {}
     }
+    changed
 }
 
 fn zip(value: &Value) -> Option<String> {
@@ -108,20 +117,42 @@ fn zip(value: &Value) -> Option<String> {
     Some(format!("{COMPRESSION_PREFIX}{}", STANDARD.encode(zipped)))
 }
 
-/// The size estimate of object-sizeof, which aws-lambda-stream compares with the threshold:
-/// strings 2 bytes a UTF-16 unit, numbers 8, booleans 4, keys counted as strings.
+/// True when no field of the event whose JSON is `json_len` bytes long can be over `threshold`
+/// in [`sizeof`]'s estimate, so the event is published as serialized: a field's estimate is at
+/// most its JSON's length plus 13 bytes (a string's), and a field is shorter than the event.
+pub fn under_threshold(json_len: usize, threshold: usize) -> bool {
+    json_len.saturating_add(16) <= threshold
+}
+
+/// The size estimate aws-lambda-stream compares with the threshold: that of object-sizeof 2.x,
+/// its dependency. An object or array counts the UTF-8 bytes of its JSON; a string
+/// `12 + 4 * ceil(n / 4)` for `n` UTF-16 units (V8's layout); a number 8, a boolean 4, null 0.
 pub fn sizeof(value: &Value) -> usize {
     match value {
         Value::Null => 0,
         Value::Bool(_) => 4,
         Value::Number(_) => 8,
-        Value::String(s) => 2 * s.encode_utf16().count(),
-        Value::Array(items) => items.iter().map(sizeof).sum(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| 2 * k.encode_utf16().count() + sizeof(v))
-            .sum(),
+        Value::String(s) => 12 + 4 * s.encode_utf16().count().div_ceil(4),
+        Value::Array(_) | Value::Object(_) => json_len(value),
     }
+}
+
+/// The length of `value`'s compact JSON, without writing it anywhere.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // writing to a counter cannot fail, and a Value always serializes
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 #[cfg(test)]
@@ -132,12 +163,11 @@ mod tests {
     #[test]
     fn small_fields_stay_and_big_ones_round_trip() {
         let original = json!({"id": "1", "type": "t", "small": {"a": 1},
-            "items": [{"big": "x".repeat(6_000)}], "tags": {"source": "s"}});
+            "items": [{"big": "x".repeat(11_000)}], "tags": {"source": "s"}});
         let mut v = original.clone();
         compress_value(&mut v, DEFAULT_THRESHOLD);
         assert_eq!(v["small"], json!({"a": 1}));
-        // 6,000 characters are 12,000 bytes in the estimate: the field holding them is
-        // compressed whole, top down
+        // the field holding 11,000 characters is over 10 KB: compressed whole, top down
         assert!(v["items"].as_str().unwrap().starts_with(COMPRESSION_PREFIX));
         // under an ignored field, array elements are not compressed, their big fields are
         let mut ignored = original.clone();
@@ -151,6 +181,20 @@ mod tests {
         assert!(may_hold_compressed(v.to_string().as_bytes()));
         decompress_value(&mut v).unwrap();
         assert_eq!(v, original);
+    }
+
+    #[test]
+    fn the_estimate_is_object_sizeof_2() {
+        // what object-sizeof 2.6.5 answers under Node 20
+        assert_eq!(sizeof(&json!("abcde")), 20);
+        assert_eq!(sizeof(&json!("")), 12);
+        assert_eq!(sizeof(&json!(1.5)), 8);
+        assert_eq!(sizeof(&json!(true)), 4);
+        assert_eq!(sizeof(&json!(null)), 0);
+        assert_eq!(sizeof(&json!({"a": [1, "é"]})), 14);
+        // nothing in an event of 10,000 bytes of JSON can be over 10 KB
+        assert!(under_threshold(10_000, DEFAULT_THRESHOLD));
+        assert!(!under_threshold(10_230, DEFAULT_THRESHOLD));
     }
 
     #[test]

@@ -12,9 +12,10 @@ use std::future::ready;
 use tracing::Instrument;
 
 use crate::breaker::CircuitBreaker;
+use crate::claimcheck::ClaimCheckStore;
 use crate::deadline::{self, Deadline};
 use crate::delivery;
-use crate::error::BatchError;
+use crate::error::{BatchError, StepError};
 use crate::event::FaultEvent;
 use crate::faults::{self, FaultPublisher, FaultStore, PendingFault, storage_id, storage_key};
 use crate::outcome::Outcome;
@@ -85,6 +86,7 @@ pub struct Handler {
     function_name: Option<String>,
     settings: Arc<Settings>,
     breaker: Option<Arc<CircuitBreaker>>,
+    claim_checks: Option<Arc<dyn ClaimCheckStore>>,
 }
 
 /// Builds a [`Handler`]. [`settings`](Self::settings) gives it what the environment says
@@ -102,6 +104,7 @@ pub struct HandlerBuilder {
     disabled: HashSet<String>,
     settings: Arc<Settings>,
     breaker: Option<Arc<CircuitBreaker>>,
+    claim_checks: Option<Arc<dyn ClaimCheckStore>>,
 }
 
 fn id_list(list: &str) -> HashSet<String> {
@@ -127,6 +130,7 @@ impl Handler {
             disabled: HashSet::new(),
             settings: Arc::new(Settings::default()),
             breaker: None,
+            claim_checks: None,
         }
     }
 }
@@ -231,6 +235,13 @@ impl HandlerBuilder {
         self
     }
 
+    /// Where claim-check pointers are redeemed (by default the shared S3 client, made when the
+    /// first pointer arrives).
+    pub fn claim_checks(mut self, store: impl ClaimCheckStore + 'static) -> Self {
+        self.claim_checks = Some(Arc::new(store));
+        self
+    }
+
     /// The handler, with the switched-off pipelines left out.
     pub fn build(self) -> Result<Handler, ConfigError> {
         if self.margin < Duration::from_millis(100) || self.margin >= Duration::from_secs(900) {
@@ -268,6 +279,7 @@ impl HandlerBuilder {
             function_name: self.function_name,
             settings: self.settings,
             breaker: self.breaker,
+            claim_checks: self.claim_checks,
         })
     }
 }
@@ -361,9 +373,13 @@ impl Handler {
 
     /// Runs decoded records through every pipeline that accepts them, publishes the faults and
     /// returns every record's outcome.
-    pub async fn process(&self, decoded: Decoded, invocation: &Invocation) -> Outcomes {
+    pub async fn process(&self, mut decoded: Decoded, invocation: &Invocation) -> Outcomes {
         let started = std::time::Instant::now();
+        self.redeem(&mut decoded, invocation.deadline).await;
         let mut outcomes = vec![Outcome::Done; decoded.records.len()];
+        for position in &decoded.retries {
+            outcomes[*position as usize] = Outcome::Retry;
+        }
         let mut faults: Vec<PendingFault> = Vec::new();
 
         for (position, err) in &decoded.failures {
@@ -525,6 +541,52 @@ impl Handler {
             "batch processed"
         );
         outcomes
+    }
+
+    /// Puts in place of each claim-check pointer the event it points to, before any pipeline
+    /// runs; what is not redeemed by the deadline's cut is retried.
+    async fn redeem(&self, decoded: &mut Decoded, deadline: Deadline) {
+        let pointers = decoded.pointers();
+        if pointers.is_empty() {
+            return;
+        }
+        let store: Arc<dyn ClaimCheckStore> = match &self.claim_checks {
+            Some(store) => Arc::clone(store),
+            None => Arc::new(crate::aws::s3().await.clone()),
+        };
+        let units: Vec<usize> = pointers.iter().map(|(u, _)| *u).collect();
+        let redeem = stream::iter(pointers.into_iter().map(|(unit, pointer)| {
+            let store = Arc::clone(&store);
+            let event = decoded.units[unit].event();
+            let (id, timestamp) = (event.id.clone(), event.timestamp);
+            async move {
+                let redeemed = match pointer {
+                    Ok(p) => p.fetch(&*store).await.and_then(|json| {
+                        crate::sources::parse_event(&json, &id, timestamp).map_err(|e| {
+                            StepError::poison_msg(format!("claim check {}: {e}", p.key))
+                                .named("ClaimCheckMalformed")
+                        })
+                    }),
+                    Err(reason) => Err(StepError::poison_msg(reason).named("ClaimCheckMalformed")),
+                };
+                (unit, redeemed)
+            }
+        }))
+        .buffered(self.settings.parallel.max(1))
+        .collect::<Vec<_>>();
+        let results = match deadline.cut_at() {
+            Some(cut) => tokio::time::timeout_at(cut, redeem)
+                .await
+                .unwrap_or_else(|_| {
+                    let late = StepError::transient("deadline: claim check not redeemed in time");
+                    units
+                        .iter()
+                        .map(|u| (*u, Err(StepError::transient(late.to_string()))))
+                        .collect()
+                }),
+            None => redeem.await,
+        };
+        decoded.redeemed(results);
     }
 
     /// Publishes the faults of records Lambda will not deliver again (the others are raised

@@ -38,6 +38,7 @@
 // The public modules: each holds what it names, and nothing is reachable by two paths.
 pub mod aws;
 pub mod breaker;
+pub mod claimcheck;
 pub mod compression;
 pub mod connectors;
 pub mod deadline;

@@ -28,6 +28,8 @@ use serde_json::{Map, Value};
 /// | `BUS_NAME` | `bus_name` | `default` |
 /// | `STREAM_NAME`, `QUEUE_URL`, `TOPIC_ARN`, `BUCKET_NAME` | same, snake case | empty |
 /// | `FAULTS_BUCKET` | `faults_bucket` | none |
+/// | `COMPRESSION_THRESHOLD` (`off` for none) | `compression_threshold` | 10240 |
+/// | `CLAIMCHECK_BUCKET_NAME` | `claimcheck_bucket` | none |
 /// | `IDEMPOTENCY_TABLE_NAME`, `IDEMPOTENCY_MAX_ATTEMPTS` | `idempotency_table`, `idempotency_max_attempts` | none |
 /// | `CIRCUIT_BREAKER_FAILED_BATCHES`, `CIRCUIT_BREAKER_RETRY_RATIO`, `CIRCUIT_BREAKER_MIN_RECORDS`, `CIRCUIT_BREAKER_BATCH_SIZE`, `CIRCUIT_BREAKER_COOL_DOWN_SECONDS` | `breaker` | off; 10 records; switch off; 300 s |
 ///
@@ -87,6 +89,10 @@ pub struct Settings {
     pub bucket_name: String,
     /// The fault monitor's bucket: where faults too large or rejected are stored whole.
     pub faults_bucket: Option<String>,
+    /// Fields of published events over this estimated size are compressed (none when unset).
+    pub compression_threshold: Option<usize>,
+    /// Where events too big for their target are stored (claim-check), if anywhere.
+    pub claimcheck_bucket: Option<String>,
     /// The idempotency store's table (`IDEMPOTENCY_TABLE_NAME`).
     pub idempotency_table: Option<String>,
     /// Failed attempts before a guarded record is faulted (`IDEMPOTENCY_MAX_ATTEMPTS`).
@@ -147,6 +153,8 @@ impl Default for Settings {
             topic_arn: String::new(),
             bucket_name: String::new(),
             faults_bucket: None,
+            compression_threshold: Some(crate::compression::DEFAULT_THRESHOLD),
+            claimcheck_bucket: None,
             idempotency_table: None,
             idempotency_max_attempts: None,
             breaker: BreakerSettings::default(),
@@ -204,6 +212,11 @@ impl Settings {
             topic_arn: var("TOPIC_ARN").unwrap_or_default(),
             bucket_name: var("BUCKET_NAME").unwrap_or_default(),
             faults_bucket: var("FAULTS_BUCKET"),
+            compression_threshold: match var("COMPRESSION_THRESHOLD").as_deref().map(str::trim) {
+                Some("off") => None,
+                _ => count("COMPRESSION_THRESHOLD").or(d.compression_threshold),
+            },
+            claimcheck_bucket: var("CLAIMCHECK_BUCKET_NAME"),
             idempotency_table: var("IDEMPOTENCY_TABLE_NAME"),
             idempotency_max_attempts: count("IDEMPOTENCY_MAX_ATTEMPTS")
                 .and_then(|n| u32::try_from(n).ok()),
@@ -274,5 +287,19 @@ mod tests {
         assert_eq!(s.service, None);
         assert_eq!(s.deadline_margin, Duration::from_millis(250));
         assert_eq!(s.enabled_pipelines, Some(vec!["a".into(), "b".into()]));
+    }
+
+    #[test]
+    fn compression_is_on_by_default_and_can_be_turned_off() {
+        let with = |v: &'static str| {
+            Settings::from_vars(move |name| (name == "COMPRESSION_THRESHOLD").then(|| v.into()))
+        };
+        assert_eq!(Settings::default().compression_threshold, Some(10 * 1024));
+        assert_eq!(with("512").compression_threshold, Some(512));
+        assert_eq!(with("off").compression_threshold, None);
+        assert_eq!(with("lots").compression_threshold, Some(10 * 1024));
+        let s =
+            Settings::from_vars(|name| (name == "CLAIMCHECK_BUCKET_NAME").then(|| "claims".into()));
+        assert_eq!(s.claimcheck_bucket.as_deref(), Some("claims"));
     }
 }

@@ -391,6 +391,106 @@ impl crate::faults::FaultStore for MemoryStore {
     }
 }
 
+/// Claim-checked events in memory, by bucket and key (a
+/// [`ClaimCheckStore`](crate::claimcheck::ClaimCheckStore) for pure pipeline tests).
+#[derive(Debug, Default)]
+pub struct MemoryClaimChecks {
+    objects: Mutex<std::collections::BTreeMap<(String, String), Vec<u8>>>,
+}
+
+impl MemoryClaimChecks {
+    /// Every stored object, by (bucket, key).
+    pub fn objects(&self) -> std::collections::BTreeMap<(String, String), Vec<u8>> {
+        self.objects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl crate::claimcheck::ClaimCheckStore for MemoryClaimChecks {
+    fn put<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), crate::StepError>> {
+        Box::pin(async move {
+            self.objects
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((bucket.to_owned(), key.to_owned()), json);
+            Ok(())
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, crate::StepError>> {
+        Box::pin(async move {
+            Ok(self
+                .objects
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&(bucket.to_owned(), key.to_owned()))
+                .cloned())
+        })
+    }
+}
+
+impl crate::claimcheck::ClaimCheckStore for std::sync::Arc<MemoryClaimChecks> {
+    fn put<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), crate::StepError>> {
+        (**self).put(bucket, key, json)
+    }
+
+    fn get<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, crate::StepError>> {
+        (**self).get(bucket, key)
+    }
+}
+
+/// `len` characters that gzip cannot shrink much (base64 of pseudo-random bytes, the same for
+/// the same `len`): a payload that stays big after compression, for tests of size limits.
+pub fn incompressible(len: usize) -> String {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ len as u64;
+    let bytes: Vec<u8> = (0..len * 3 / 4 + 3)
+        .map(|_| {
+            // xorshift64*
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect();
+    let mut s = base64::engine::general_purpose::STANDARD.encode(bytes);
+    s.truncate(len);
+    s
+}
+
+/// A new S3 bucket in the emulator; returns its name.
+pub async fn create_bucket(prefix: &str) -> String {
+    emulator().await;
+    let bucket = unique(prefix).to_ascii_lowercase();
+    crate::aws::s3()
+        .await
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e:?}"));
+    bucket
+}
+
 /// Idempotency marks in memory (an [`IdempotencyStore`](crate::idempotency::IdempotencyStore)
 /// for pure pipeline tests; the claim is atomic under a lock, as DynamoDB's condition is).
 #[derive(Debug, Default)]
@@ -938,6 +1038,77 @@ pub async fn bus_to_queue(prefix: &str, pattern: Value) -> (String, String) {
         .await
         .unwrap_or_else(|e| panic!("creating target: {e:?}"));
     (bus, url)
+}
+
+/// A new SQS queue in the emulator; returns its URL.
+pub async fn create_queue(prefix: &str) -> String {
+    emulator().await;
+    crate::aws::sqs()
+        .await
+        .create_queue()
+        .queue_name(unique(prefix))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating queue: {e:?}"))
+        .queue_url
+        .unwrap_or_default()
+}
+
+/// A new one-shard Kinesis stream in the emulator; returns its name.
+pub async fn create_stream(prefix: &str) -> String {
+    emulator().await;
+    let stream = unique(prefix);
+    crate::aws::kinesis()
+        .await
+        .create_stream()
+        .stream_name(&stream)
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating stream {stream}: {e:?}"));
+    stream
+}
+
+/// The data of every record in the first shard of `stream`, from its start.
+pub async fn read_stream(stream: &str) -> Vec<Vec<u8>> {
+    let client = crate::aws::kinesis().await;
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("listing shards: {e:?}"));
+    let shard = shards
+        .shards
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .map(|s| s.shard_id)
+        .unwrap_or_default();
+    let mut iterator = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("shard iterator: {e:?}"))
+        .shard_iterator;
+    let mut read = Vec::new();
+    while let Some(it) = iterator.take() {
+        let out = client
+            .get_records()
+            .shard_iterator(it)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("reading records: {e:?}"));
+        if out.records.is_empty() {
+            break;
+        }
+        read.extend(out.records.into_iter().map(|r| r.data.into_inner()));
+        iterator = out.next_shard_iterator;
+    }
+    read
 }
 
 /// Every message now in the queue, as JSON (EventBridge envelopes for bus deliveries), deleted

@@ -13,7 +13,7 @@ use crate::event::Event;
 use crate::record::SourceRecord;
 
 /// The source's own ordering key.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum OrderKey {
     /// Used when the event has no `partitionKey` (a Kinesis partition key, say).
     Fallback(String),
@@ -93,6 +93,31 @@ impl UnitOfWork<()> {
             shared: Arc::new(origin),
             state: (),
         }
+    }
+
+    /// This unit as the `unit`-th of its batch, with `event` (a redeemed claim check) in place
+    /// of its own when given.
+    pub(crate) fn renumbered(self, unit: u32, event: Option<Event>) -> Self {
+        if unit == self.shared.unit && event.is_none() {
+            return self;
+        }
+        let origin = Arc::try_unwrap(self.shared).unwrap_or_else(|shared| Origin {
+            index: shared.index,
+            unit: shared.unit,
+            key_hash: shared.key_hash,
+            record: Arc::clone(&shared.record),
+            event: shared.event.clone(),
+            source_key: shared.source_key.clone(),
+            latched: shared.latched,
+        });
+        UnitOfWork::new(
+            origin.index,
+            unit,
+            origin.record,
+            event.unwrap_or(origin.event),
+            origin.source_key,
+            origin.latched,
+        )
     }
 
     /// A unit of work around `event` with no original record, for tests of mapping functions.

@@ -11,6 +11,8 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, stream};
 use serde::Serialize;
 
+use super::wire::Wire;
+use crate::claimcheck::ClaimCheck;
 use crate::error::{ErrorClass, StepError};
 use crate::event::{Event, FaultEvent};
 use crate::retry::Retry;
@@ -62,8 +64,11 @@ pub trait BatchApi: Sync {
     type Entry: Send + Sync;
     /// The limits of a request.
     fn limits(&self) -> &BatchLimits;
-    /// The entry for `event`; an error means it can never be sent (poison).
-    fn entry<P: Publishable>(&self, event: &P) -> Result<Self::Entry, StepError>;
+    /// How events are written: compressed, claim-checked.
+    fn wire(&self) -> &Wire;
+    /// The entry for `event`, whose JSON as published is `json`; an error means it can never
+    /// be sent (poison).
+    fn entry<P: Publishable>(&self, event: &P, json: String) -> Result<Self::Entry, StepError>;
     /// The bytes the entry counts for, as the service counts them.
     fn size(&self, entry: &Self::Entry) -> usize;
     /// Sends one request of `entries`; the answer for each entry, in order.
@@ -73,12 +78,21 @@ pub trait BatchApi: Sync {
     ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>>;
 }
 
-/// Publishes `events` through `api`, one result per event, in order.
+/// Publishes `events` through `api`, one result per event, in order: each written as
+/// [`BatchApi::wire`] says, an entry over the limits claim-checked when the wire has a
+/// claim-check.
 pub async fn publish_all<A: BatchApi, P: Publishable>(
     api: &A,
     events: &[P],
 ) -> Vec<Result<(), StepError>> {
-    let entries: Vec<Result<A::Entry, StepError>> = events.iter().map(|e| api.entry(e)).collect();
+    let wire = api.wire();
+    let mut entries: Vec<Result<A::Entry, StepError>> = events
+        .iter()
+        .map(|e| wire.json(e).and_then(|json| api.entry(e, json)))
+        .collect();
+    if let Some(claim_check) = wire.claim_checks() {
+        claim_check_oversize(api, claim_check, events, &mut entries).await;
+    }
     let sendable: Vec<&A::Entry> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
     let sizes: Vec<usize> = sendable.iter().map(|e| api.size(e)).collect();
     let results = send_all(&sizes, api.limits(), |idx| {
@@ -86,6 +100,46 @@ pub async fn publish_all<A: BatchApi, P: Publishable>(
     })
     .await;
     merge(&entries, results)
+}
+
+/// Stores each entry too big for a request in the claim-check and puts its pointer event in
+/// its place; an entry whose object could not be stored fails with that error.
+async fn claim_check_oversize<A: BatchApi, P: Publishable>(
+    api: &A,
+    claim_check: &ClaimCheck,
+    events: &[P],
+    entries: &mut [Result<A::Entry, StepError>],
+) {
+    let limit = api.limits().max_entry_bytes.min(api.limits().max_bytes);
+    let over: Vec<usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.as_ref().is_ok_and(|e| api.size(e) > limit))
+        .map(|(i, _)| i)
+        .collect();
+    if over.is_empty() {
+        return;
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    // the rare oversize event is serialized again rather than every event's JSON kept
+    let stores: Vec<_> = over
+        .iter()
+        .map(|&i| {
+            let event = &events[i];
+            async move {
+                let json = api.wire().json(event)?;
+                let pointer = claim_check.store(&json, now).await?;
+                api.entry(event, pointer)
+            }
+        })
+        .collect();
+    let pointers: Vec<Result<A::Entry, StepError>> = stream::iter(stores)
+        .buffered(api.limits().parallel.max(1))
+        .collect()
+        .await;
+    for (i, pointer) in over.into_iter().zip(pointers) {
+        entries[i] = pointer;
+    }
 }
 
 /// The limits of one batch request, and how requests are sent.
@@ -415,6 +469,69 @@ mod tests {
             results[0].as_ref().unwrap_err().class(),
             ErrorClass::Transient
         );
+    }
+
+    /// A batch API whose entries are the JSON, sized by length, all accepted.
+    struct Echo {
+        limits: BatchLimits,
+        wire: Wire,
+        sent: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl BatchApi for Echo {
+        type Entry = String;
+        fn limits(&self) -> &BatchLimits {
+            &self.limits
+        }
+        fn wire(&self) -> &Wire {
+            &self.wire
+        }
+        fn entry<P: Publishable>(&self, _: &P, json: String) -> Result<String, StepError> {
+            Ok(json)
+        }
+        fn size(&self, entry: &String) -> usize {
+            entry.len()
+        }
+        fn send<'a>(
+            &'a self,
+            entries: Vec<&'a String>,
+        ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>> {
+            let n = entries.len();
+            self.sent
+                .lock()
+                .unwrap()
+                .extend(entries.into_iter().cloned());
+            Box::pin(async move { Ok(vec![EntryResult::Ok; n]) })
+        }
+    }
+
+    #[tokio::test]
+    async fn only_oversize_entries_are_claim_checked_and_their_pointers_sent() {
+        let store = std::sync::Arc::new(crate::testing::MemoryClaimChecks::default());
+        let claim_check = ClaimCheck::new(store.clone(), "claims", "eu-west-1");
+        let api = Echo {
+            limits: limits(10, 2_000),
+            wire: Wire::plain().claim_check(claim_check),
+            sent: Default::default(),
+        };
+        let big = Event::new("big", "t", 1)
+            .with_partition_key("k")
+            .with_entity("blob", serde_json::json!("x".repeat(5_000)));
+        let small = Event::new("small", "t", 1);
+        let results = publish_all(&api, &[big.clone(), small]).await;
+        assert!(results.iter().all(Result::is_ok));
+        let sent = api.sent.into_inner().unwrap();
+        let pointer: serde_json::Value = serde_json::from_str(&sent[0]).unwrap();
+        assert_eq!(pointer["partitionKey"], "k");
+        assert!(pointer.get("blob").is_none());
+        let key = pointer["s3"]["key"].as_str().unwrap();
+        assert!(key.starts_with("eu-west-1/claimchecks/") && key.ends_with("/big"));
+        let objects = store.objects();
+        assert_eq!(objects.len(), 1);
+        let stored: Event =
+            serde_json::from_slice(&objects[&("claims".to_owned(), key.to_owned())]).unwrap();
+        assert_eq!(stored, big);
+        assert!(sent[1].contains("small"));
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use futures::future::BoxFuture;
 
 use super::batching::{BatchApi, BatchLimits, EntryResult, Publishable, publish_all};
+use super::wire::Wire;
 use crate::aws::{classify, is_transient_code};
 use crate::error::{ErrorClass, StepError};
 use crate::event::FaultEvent;
@@ -27,6 +28,7 @@ pub struct EventBridge {
     bus_name: String,
     source: String,
     limits: BatchLimits,
+    wire: Wire,
 }
 
 impl EventBridge {
@@ -37,14 +39,16 @@ impl EventBridge {
             bus_name: bus_name.into(),
             source: "custom".into(),
             limits: EVENTBRIDGE_LIMITS,
+            wire: Wire::default(),
         }
     }
 
-    /// Over the shared client, to the settings' bus (`BUS_NAME`), with their batch size and
-    /// parallelism.
+    /// Over the shared client, to the settings' bus (`BUS_NAME`), with their batch size,
+    /// parallelism, compression threshold and claim-check bucket.
     pub async fn from_settings(settings: &crate::Settings) -> Self {
         EventBridge::new(crate::aws::eventbridge().await.clone(), &settings.bus_name)
             .with_limits(EVENTBRIDGE_LIMITS.tuned(settings))
+            .with_wire(Wire::from_settings(settings).await)
     }
 
     /// Uses another entry source.
@@ -56,6 +60,12 @@ impl EventBridge {
     /// Uses other limits (tests; a bus with other quotas).
     pub fn with_limits(mut self, limits: BatchLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Writes events as `wire` says (compression, claim-check).
+    pub fn with_wire(mut self, wire: Wire) -> Self {
+        self.wire = wire;
         self
     }
 
@@ -77,12 +87,20 @@ impl BatchApi for EventBridge {
         &self.limits
     }
 
-    fn entry<P: Publishable>(&self, event: &P) -> Result<PutEventsRequestEntry, StepError> {
+    fn wire(&self) -> &Wire {
+        &self.wire
+    }
+
+    fn entry<P: Publishable>(
+        &self,
+        event: &P,
+        json: String,
+    ) -> Result<PutEventsRequestEntry, StepError> {
         Ok(PutEventsRequestEntry::builder()
             .event_bus_name(&self.bus_name)
             .source(&self.source)
             .detail_type(event.event_type())
-            .detail(serde_json::to_string(event)?)
+            .detail(json)
             .build())
     }
 
@@ -155,5 +173,16 @@ impl FaultPublisher for EventBridgeFaults {
                 .unwrap_or_default();
             Err(PublishError::some(failed, first).with_rejected(rejected))
         })
+    }
+
+    // with a claim-check, a fault too big for the bus is published whole, as a pointer, as
+    // aws-lambda-stream does; without one it is trimmed to fit (and stored whole, given a
+    // fault store)
+    fn max_fault_bytes(&self) -> usize {
+        if self.0.wire().claim_checks().is_some() {
+            usize::MAX
+        } else {
+            crate::faults::DEFAULT_MAX_FAULT_BYTES
+        }
     }
 }

@@ -12,6 +12,7 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use futures::future::BoxFuture;
 
 use super::batching::{BatchApi, BatchLimits, EntryResult, Publishable, publish_all};
+use super::wire::Wire;
 use crate::aws::classify;
 use crate::error::StepError;
 
@@ -30,6 +31,7 @@ pub struct Kinesis {
     client: Client,
     stream_name: String,
     limits: BatchLimits,
+    wire: Wire,
 }
 
 impl Kinesis {
@@ -39,23 +41,31 @@ impl Kinesis {
             client,
             stream_name: stream_name.into(),
             limits: KINESIS_LIMITS,
+            wire: Wire::default(),
         }
     }
 
-    /// Over the shared client, to the settings' stream (`STREAM_NAME`), with their batch size;
-    /// one request at a time, so a key's records keep their order in the shard.
+    /// Over the shared client, to the settings' stream (`STREAM_NAME`), with their batch size,
+    /// compression threshold and claim-check bucket; one request at a time, so a key's records
+    /// keep their order in the shard.
     pub async fn from_settings(settings: &crate::Settings) -> Self {
-        Kinesis::new(crate::aws::kinesis().await.clone(), &settings.stream_name).with_limits(
-            BatchLimits {
+        Kinesis::new(crate::aws::kinesis().await.clone(), &settings.stream_name)
+            .with_limits(BatchLimits {
                 parallel: 1,
                 ..KINESIS_LIMITS.tuned(settings)
-            },
-        )
+            })
+            .with_wire(Wire::from_settings(settings).await)
     }
 
     /// Uses other limits.
     pub fn with_limits(mut self, limits: BatchLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Writes events as `wire` says (compression, claim-check).
+    pub fn with_wire(mut self, wire: Wire) -> Self {
+        self.wire = wire;
         self
     }
 
@@ -73,9 +83,17 @@ impl BatchApi for Kinesis {
         &self.limits
     }
 
-    fn entry<P: Publishable>(&self, event: &P) -> Result<PutRecordsRequestEntry, StepError> {
+    fn wire(&self) -> &Wire {
+        &self.wire
+    }
+
+    fn entry<P: Publishable>(
+        &self,
+        event: &P,
+        json: String,
+    ) -> Result<PutRecordsRequestEntry, StepError> {
         PutRecordsRequestEntry::builder()
-            .data(Blob::new(serde_json::to_vec(event)?))
+            .data(Blob::new(json.into_bytes()))
             .partition_key(event.partition_key().unwrap_or(event.id()))
             .build()
             .map_err(|e| StepError::poison(e.to_string()))

@@ -9,6 +9,7 @@ mod lambda;
 mod s3;
 mod sns;
 mod sqs;
+mod wire;
 
 pub use batching::{BatchApi, BatchLimits, EntryResult, Publishable, publish_all};
 pub use dynamodb::{DynamoDb, QueryRequest, Transacted, UpdateRequest, Written, put_transact_item};
@@ -18,3 +19,4 @@ pub use lambda::{Lambda, MappingState};
 pub use s3::S3;
 pub use sns::Sns;
 pub use sqs::{Message, SQS_LIMITS, Sqs};
+pub use wire::Wire;

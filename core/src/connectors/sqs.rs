@@ -8,6 +8,7 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use futures::future::BoxFuture;
 
 use super::batching::{BatchApi, BatchLimits, EntryResult, Publishable, publish_all};
+use super::wire::Wire;
 use crate::aws::classify;
 use crate::error::StepError;
 
@@ -26,6 +27,7 @@ pub struct Sqs {
     client: Client,
     queue_url: String,
     limits: BatchLimits,
+    wire: Wire,
 }
 
 impl Sqs {
@@ -35,15 +37,17 @@ impl Sqs {
             client,
             queue_url: queue_url.into(),
             limits: SQS_LIMITS,
+            wire: Wire::default(),
         }
         .with_limits(SQS_LIMITS)
     }
 
-    /// Over the shared client, to the settings' queue (`QUEUE_URL`), with their batch size and
-    /// parallelism.
+    /// Over the shared client, to the settings' queue (`QUEUE_URL`), with their batch size,
+    /// parallelism, compression threshold and claim-check bucket.
     pub async fn from_settings(settings: &crate::Settings) -> Self {
         Sqs::new(crate::aws::sqs().await.clone(), &settings.queue_url)
             .with_limits(SQS_LIMITS.tuned(settings))
+            .with_wire(Wire::from_settings(settings).await)
     }
 
     /// Uses other limits (a FIFO queue always sends one request at a time, so a group keeps its
@@ -53,6 +57,12 @@ impl Sqs {
         if self.queue_url.ends_with(".fifo") {
             self.limits.parallel = 1;
         }
+        self
+    }
+
+    /// Writes events as `wire` says (compression, claim-check).
+    pub fn with_wire(mut self, wire: Wire) -> Self {
+        self.wire = wire;
         self
     }
 
@@ -81,10 +91,14 @@ impl BatchApi for Sqs {
         &self.limits
     }
 
-    fn entry<P: Publishable>(&self, event: &P) -> Result<Message, StepError> {
+    fn wire(&self) -> &Wire {
+        &self.wire
+    }
+
+    fn entry<P: Publishable>(&self, event: &P, json: String) -> Result<Message, StepError> {
         let fifo = self.queue_url.ends_with(".fifo");
         Ok(Message {
-            body: serde_json::to_string(event)?,
+            body: json,
             group: fifo.then(|| event.partition_key().unwrap_or(event.id()).to_owned()),
             deduplication: fifo.then(|| event.id().to_owned()),
         })

@@ -38,7 +38,10 @@ pub use sns::from_sns;
 pub use sqs::{from_sqs, from_sqs_sns_s3};
 
 pub use crate::delivery::Redelivery;
-use crate::error::DecodeError;
+use std::collections::HashSet;
+
+use crate::claimcheck::Pointer;
+use crate::error::{DecodeError, ErrorClass, StepError};
 use crate::event::Event;
 pub use crate::record::SourceRecord;
 use crate::uow::{OrderKey, UnitOfWork};
@@ -207,6 +210,8 @@ pub struct Decoded {
     pub(crate) failures: Vec<(u32, DecodeError)>,
     pub(crate) source: &'static str,
     pub(crate) redelivery: Redelivery,
+    /// Records to deliver again before any pipeline saw them (a claim check not yet there).
+    pub(crate) retries: Vec<u32>,
 }
 
 impl Decoded {
@@ -217,7 +222,81 @@ impl Decoded {
             failures: Vec::new(),
             source,
             redelivery,
+            retries: Vec::new(),
         }
+    }
+
+    /// True for the sources whose records carry events (so may carry claim-check pointers);
+    /// a DynamoDB change or an S3 notification is made into an event here, never a pointer.
+    fn carries_events(&self) -> bool {
+        matches!(
+            self.source,
+            "from_kinesis" | "from_sqs" | "from_sns" | "from_eventbridge"
+        )
+    }
+
+    /// The units whose event is a claim-check pointer (a malformed one included), by position
+    /// among the units.
+    pub(crate) fn pointers(&self) -> Vec<(usize, Result<Pointer, String>)> {
+        if !self.carries_events() {
+            return Vec::new();
+        }
+        self.units
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| Pointer::of(u.event().fields.get("s3")).map(|p| (i, p)))
+            .collect()
+    }
+
+    /// Puts redeemed events in place of their pointers. A unit whose claim check failed is
+    /// taken out: a transient error retries its record, and every later unit of its key waits
+    /// with it (order per key); any other error faults its record.
+    pub(crate) fn redeemed(&mut self, results: Vec<(usize, Result<Event, StepError>)>) {
+        let mut events: Vec<Option<Event>> = Vec::new();
+        let mut retry: HashSet<u32> = HashSet::new();
+        let mut faulted: HashSet<u32> = HashSet::new();
+        let mut waiting_keys: HashSet<u64> = HashSet::new();
+        for (unit, result) in results {
+            let (index, key) = (
+                self.units[unit].shared.index,
+                self.units[unit].shared.key_hash,
+            );
+            match result {
+                Ok(event) => {
+                    events.resize_with(self.units.len(), || None);
+                    events[unit] = Some(event);
+                }
+                Err(e) if e.class() == ErrorClass::Transient => {
+                    tracing::warn!(source = self.source, position = index, error = %e,
+                        "claim check not redeemed; the record is retried");
+                    retry.insert(index);
+                    waiting_keys.extend(key);
+                }
+                Err(e) => {
+                    faulted.insert(index);
+                    self.fail_record(index, e.to_string());
+                }
+            }
+        }
+        let units = std::mem::take(&mut self.units);
+        let mut kept = Vec::with_capacity(units.len());
+        for (i, u) in units.into_iter().enumerate() {
+            let index = u.shared.index;
+            let waits = u.shared.key_hash.is_some_and(|k| waiting_keys.contains(&k));
+            if faulted.contains(&index) {
+                continue;
+            }
+            if retry.contains(&index) || waits {
+                retry.insert(index);
+                continue;
+            }
+            let event = events.get_mut(i).and_then(Option::take);
+            // units are numbered anew: the engine indexes its bookkeeping by that number
+            kept.push(u.renumbered(kept.len() as u32, event));
+        }
+        self.units = kept;
+        self.retries = retry.into_iter().collect();
+        self.retries.sort_unstable();
     }
 
     /// The units of work, in batch order.
@@ -337,7 +416,11 @@ impl Decoded {
 }
 
 /// Parses a record's payload as an [`Event`], filling `id` and `timestamp` when it has none.
-fn parse_event(bytes: &[u8], default_id: &str, default_ts: i64) -> Result<Event, String> {
+pub(crate) fn parse_event(
+    bytes: &[u8],
+    default_id: &str,
+    default_ts: i64,
+) -> Result<Event, String> {
     let not_an_event = |e: serde_json::Error| {
         if e.is_syntax() || e.is_eof() {
             format!("payload is not JSON: {e}")

@@ -303,3 +303,67 @@ async fn resubmit_invokes_the_function_with_the_original_records() {
     );
     assert_eq!(records[0]["kinesis"]["partitionKey"], Value::from("t2"));
 }
+
+/// A fault too big for the bus, published by a function with a claim-check bucket: the bus
+/// carries aws-lambda-stream's pointer, and the monitor redeems it and stores the whole fault.
+#[tokio::test]
+async fn a_claim_checked_fault_is_redeemed_and_stored_whole() {
+    use lambda_stream::claimcheck::ClaimCheck;
+    use lambda_stream::connectors::{EventBridge, EventBridgeFaults, Wire};
+
+    let s3 = bucket().await;
+    let claims = create_bucket("claims").await;
+    let (bus, queue) = bus_to_queue("faults", json!({"detail-type": ["fault"]})).await;
+    let wire = Wire::default().claim_check(ClaimCheck::new(
+        Arc::new(aws::s3().await.clone()),
+        &claims,
+        "us-east-1",
+    ));
+    let faults =
+        EventBridgeFaults(EventBridge::new(aws::eventbridge().await.clone(), &bus).with_wire(wire));
+    let listener = Handler::builder(faults)
+        .function_name("listener")
+        .pipeline(
+            Pipeline::new("thing-view")
+                .map(|_u: UnitOfWork| Err::<UnitOfWork, _>(StepError::poison_msg("bad"))),
+        )
+        .build()
+        .unwrap();
+    // incompressible, so the fault stays over the bus's 256 KB once compressed
+    let big = Event::new("big", "thing-created", 1_700_000_000_000)
+        .with_partition_key("t1")
+        .with_entity("blob", json!(incompressible(400 * 1024)));
+    let kinesis = to_kinesis_records(&[big]);
+    let data = kinesis.records[0].kinesis.data.0.clone();
+    let response = listener
+        .handle::<sources::Kinesis>(kinesis, &context(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+
+    let delivered = drain_queue(&queue).await;
+    assert_eq!(delivered.len(), 1);
+    let pointer = &delivered[0]["detail"];
+    assert_eq!(pointer["type"], "fault");
+    assert_eq!(pointer["s3"]["bucket"], json!(claims));
+    assert!(pointer.get("err").is_none(), "a pointer, not the fault");
+
+    let monitor = fault_monitor::handler(&Settings::default(), s3.clone()).unwrap();
+    let bodies: Vec<String> = delivered.iter().map(Value::to_string).collect();
+    let response = monitor
+        .handle::<sources::Sqs>(to_sqs_messages(&bodies), &context(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let store = FaultStore::new(s3);
+    let listed = store.list(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let whole = store.show(&listed[0].id).await.unwrap().unwrap();
+    assert_eq!(whole.err.name, "PoisonError");
+    assert!(whole.trimmed.is_none());
+    let stored = whole.uow.records()[0]["kinesis"]["data"].as_str().unwrap();
+    assert!(
+        stored.len() >= data.len() * 4 / 3,
+        "the whole record, base64"
+    );
+}
