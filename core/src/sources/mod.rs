@@ -96,7 +96,17 @@ impl Relaxed for DynamoDbRecord {
 }
 
 impl Relaxed for SqsMessage {
-    fn relax(_: &mut serde_json::Map<String, Value>) {}
+    fn relax(record: &mut serde_json::Map<String, Value>) {
+        // other tools' helpers (aws-lambda-stream's toSqsRecords) write numbers and booleans
+        // where SQS writes strings, `SentTimestamp` among them
+        if let Some(Value::Object(attributes)) = record.get_mut("attributes") {
+            for v in attributes.values_mut() {
+                if v.is_number() || v.is_boolean() {
+                    *v = Value::String(v.to_string());
+                }
+            }
+        }
+    }
 }
 
 impl Relaxed for SnsRecord {
