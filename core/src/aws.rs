@@ -56,6 +56,9 @@ shared_client!(
     /// The shared SNS client.
     sns, aws_sdk_sns::Client, aws_sdk_sns::Client::new);
 shared_client!(
+    /// The shared KMS client.
+    kms, aws_sdk_kms::Client, aws_sdk_kms::Client::new);
+shared_client!(
     /// The shared Lambda client.
     lambda, aws_sdk_lambda::Client, aws_sdk_lambda::Client::new);
 shared_client!(

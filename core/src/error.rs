@@ -126,6 +126,9 @@ pub struct DecodeError {
     pub record: String,
     /// What is wrong with it.
     pub reason: String,
+    /// The fault's `err.name`: `DecodeError`, or the cause's own name when the record was read
+    /// but what it points to could not be had (a claim check, a KMS data key).
+    pub name: String,
 }
 
 /// The batch cannot be answered with a partial batch response.

@@ -207,7 +207,7 @@ impl PendingFault {
             origins: Anchor::new(),
             pipeline: Arc::from(source),
             cause: Cause {
-                name: "DecodeError".into(),
+                name: err.name.clone(),
                 message: err.to_string(),
                 stack: err.to_string(),
             },

@@ -15,7 +15,9 @@ use crate::breaker::CircuitBreaker;
 use crate::claimcheck::ClaimCheckStore;
 use crate::deadline::{self, Deadline};
 use crate::delivery;
+use crate::encryption::Envelope;
 use crate::error::{BatchError, StepError};
+use crate::event::Event;
 use crate::event::FaultEvent;
 use crate::faults::{self, FaultPublisher, FaultStore, PendingFault, storage_id, storage_key};
 use crate::outcome::Outcome;
@@ -87,6 +89,8 @@ pub struct Handler {
     settings: Arc<Settings>,
     breaker: Option<Arc<CircuitBreaker>>,
     claim_checks: Option<Arc<dyn ClaimCheckStore>>,
+    envelope: Option<Envelope>,
+    default_envelope: Arc<tokio::sync::OnceCell<Envelope>>,
 }
 
 /// Builds a [`Handler`]. [`settings`](Self::settings) gives it what the environment says
@@ -105,6 +109,7 @@ pub struct HandlerBuilder {
     settings: Arc<Settings>,
     breaker: Option<Arc<CircuitBreaker>>,
     claim_checks: Option<Arc<dyn ClaimCheckStore>>,
+    envelope: Option<Envelope>,
 }
 
 fn id_list(list: &str) -> HashSet<String> {
@@ -131,6 +136,7 @@ impl Handler {
             settings: Arc::new(Settings::default()),
             breaker: None,
             claim_checks: None,
+            envelope: None,
         }
     }
 }
@@ -242,6 +248,14 @@ impl HandlerBuilder {
         self
     }
 
+    /// How events with an `eem` are decrypted (by default over the shared KMS client, in the
+    /// settings' region, made when the first such event arrives; its data keys are cached for
+    /// the handler's life).
+    pub fn envelope(mut self, envelope: Envelope) -> Self {
+        self.envelope = Some(envelope);
+        self
+    }
+
     /// The handler, with the switched-off pipelines left out.
     pub fn build(self) -> Result<Handler, ConfigError> {
         if self.margin < Duration::from_millis(100) || self.margin >= Duration::from_secs(900) {
@@ -280,6 +294,8 @@ impl HandlerBuilder {
             settings: self.settings,
             breaker: self.breaker,
             claim_checks: self.claim_checks,
+            envelope: self.envelope,
+            default_envelope: Arc::default(),
         })
     }
 }
@@ -376,6 +392,7 @@ impl Handler {
     pub async fn process(&self, mut decoded: Decoded, invocation: &Invocation) -> Outcomes {
         let started = std::time::Instant::now();
         self.redeem(&mut decoded, invocation.deadline).await;
+        self.decrypt(&mut decoded, invocation.deadline).await;
         let mut outcomes = vec![Outcome::Done; decoded.records.len()];
         for position in &decoded.retries {
             outcomes[*position as usize] = Outcome::Retry;
@@ -574,19 +591,39 @@ impl Handler {
         }))
         .buffered(self.settings.parallel.max(1))
         .collect::<Vec<_>>();
-        let results = match deadline.cut_at() {
-            Some(cut) => tokio::time::timeout_at(cut, redeem)
+        let results = by_the_cut(deadline, &units, "claim check not redeemed", redeem).await;
+        decoded.replace_events(results);
+    }
+
+    /// Decrypts each event that carries an `eem`, before any pipeline runs (after claim checks
+    /// are redeemed: the stored event is the encrypted one); what is not decrypted by the
+    /// deadline's cut is retried.
+    async fn decrypt(&self, decoded: &mut Decoded, deadline: Deadline) {
+        let units = decoded.encrypted();
+        if units.is_empty() {
+            return;
+        }
+        let envelope = match &self.envelope {
+            Some(envelope) => envelope.clone(),
+            None => self
+                .default_envelope
+                .get_or_init(|| Envelope::from_settings(&self.settings))
                 .await
-                .unwrap_or_else(|_| {
-                    let late = StepError::transient("deadline: claim check not redeemed in time");
-                    units
-                        .iter()
-                        .map(|u| (*u, Err(StepError::transient(late.to_string()))))
-                        .collect()
-                }),
-            None => redeem.await,
+                .clone(),
         };
-        decoded.redeemed(results);
+        let work: Vec<_> = units
+            .iter()
+            .map(|&unit| {
+                let envelope = envelope.clone();
+                let event = decoded.units[unit].event().clone();
+                async move { (unit, decrypt_event(&envelope, event).await) }
+            })
+            .collect();
+        let decrypt = stream::iter(work)
+            .buffered(self.settings.parallel.max(1))
+            .collect::<Vec<_>>();
+        let results = by_the_cut(deadline, &units, "event not decrypted", decrypt).await;
+        decoded.replace_events(results);
     }
 
     /// Publishes the faults of records Lambda will not deliver again (the others are raised
@@ -723,5 +760,37 @@ impl Handler {
                 false
             }
         }
+    }
+}
+
+/// The event with its encrypted fields restored; `eem` gone.
+async fn decrypt_event(envelope: &Envelope, event: Event) -> Result<Event, StepError> {
+    let mut value = serde_json::to_value(&event)?;
+    envelope.decrypt(&mut value).await?;
+    Ok(serde_json::from_value(value)?)
+}
+
+/// The results of `work` on `units`, or, past the deadline's cut, a transient error for each.
+async fn by_the_cut(
+    deadline: Deadline,
+    units: &[usize],
+    what: &str,
+    work: impl std::future::Future<Output = Vec<(usize, Result<Event, StepError>)>>,
+) -> Vec<(usize, Result<Event, StepError>)> {
+    match deadline.cut_at() {
+        Some(cut) => tokio::time::timeout_at(cut, work)
+            .await
+            .unwrap_or_else(|_| {
+                units
+                    .iter()
+                    .map(|u| {
+                        (
+                            *u,
+                            Err(StepError::transient(format!("deadline: {what} in time"))),
+                        )
+                    })
+                    .collect()
+            }),
+        None => work.await,
     }
 }

@@ -42,6 +42,7 @@ pub mod claimcheck;
 pub mod compression;
 pub mod connectors;
 pub mod deadline;
+pub mod encryption;
 pub mod expressions;
 pub mod faults;
 pub mod flavors;

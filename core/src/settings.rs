@@ -30,6 +30,8 @@ use serde_json::{Map, Value};
 /// | `FAULTS_BUCKET` | `faults_bucket` | none |
 /// | `COMPRESSION_THRESHOLD` (`off` for none) | `compression_threshold` | 10240 |
 /// | `CLAIMCHECK_BUCKET_NAME` | `claimcheck_bucket` | none |
+/// | `MASTER_KEY_ALIAS`, `ENCRYPTED_FIELDS` (comma-separated) | `master_key_alias`, `encrypted_fields` | none |
+/// | `DATA_KEY_MAX_AGE` (ms) | `data_key_max_age` | the container's life |
 /// | `IDEMPOTENCY_TABLE_NAME`, `IDEMPOTENCY_MAX_ATTEMPTS` | `idempotency_table`, `idempotency_max_attempts` | none |
 /// | `CIRCUIT_BREAKER_FAILED_BATCHES`, `CIRCUIT_BREAKER_RETRY_RATIO`, `CIRCUIT_BREAKER_MIN_RECORDS`, `CIRCUIT_BREAKER_BATCH_SIZE`, `CIRCUIT_BREAKER_COOL_DOWN_SECONDS` | `breaker` | off; 10 records; switch off; 300 s |
 ///
@@ -93,6 +95,13 @@ pub struct Settings {
     pub compression_threshold: Option<usize>,
     /// Where events too big for their target are stored (claim-check), if anywhere.
     pub claimcheck_bucket: Option<String>,
+    /// The KMS key (alias or id) published events' sensitive fields are encrypted under.
+    pub master_key_alias: Option<String>,
+    /// The fields of published events to encrypt (with a master key).
+    pub encrypted_fields: Vec<String>,
+    /// How long a data key is used (cached) before KMS is asked again; the container's life
+    /// when unset.
+    pub data_key_max_age: Option<Duration>,
     /// The idempotency store's table (`IDEMPOTENCY_TABLE_NAME`).
     pub idempotency_table: Option<String>,
     /// Failed attempts before a guarded record is faulted (`IDEMPOTENCY_MAX_ATTEMPTS`).
@@ -155,6 +164,9 @@ impl Default for Settings {
             faults_bucket: None,
             compression_threshold: Some(crate::compression::DEFAULT_THRESHOLD),
             claimcheck_bucket: None,
+            master_key_alias: None,
+            encrypted_fields: Vec::new(),
+            data_key_max_age: None,
             idempotency_table: None,
             idempotency_max_attempts: None,
             breaker: BreakerSettings::default(),
@@ -217,6 +229,11 @@ impl Settings {
                 _ => count("COMPRESSION_THRESHOLD").or(d.compression_threshold),
             },
             claimcheck_bucket: var("CLAIMCHECK_BUCKET_NAME"),
+            master_key_alias: var("MASTER_KEY_ALIAS"),
+            encrypted_fields: var("ENCRYPTED_FIELDS")
+                .map(|l| id_list(&l))
+                .unwrap_or_default(),
+            data_key_max_age: count("DATA_KEY_MAX_AGE").map(|ms| Duration::from_millis(ms as u64)),
             idempotency_table: var("IDEMPOTENCY_TABLE_NAME"),
             idempotency_max_attempts: count("IDEMPOTENCY_MAX_ATTEMPTS")
                 .and_then(|n| u32::try_from(n).ok()),
@@ -301,5 +318,19 @@ mod tests {
         let s =
             Settings::from_vars(|name| (name == "CLAIMCHECK_BUCKET_NAME").then(|| "claims".into()));
         assert_eq!(s.claimcheck_bucket.as_deref(), Some("claims"));
+    }
+
+    #[test]
+    fn encryption_needs_a_master_key_and_fields() {
+        let s = Settings::from_vars(|name| match name {
+            "MASTER_KEY_ALIAS" => Some("alias/events".into()),
+            "ENCRYPTED_FIELDS" => Some("name, email".into()),
+            "DATA_KEY_MAX_AGE" => Some("60000".into()),
+            _ => None,
+        });
+        assert_eq!(s.master_key_alias.as_deref(), Some("alias/events"));
+        assert_eq!(s.encrypted_fields, ["name", "email"]);
+        assert_eq!(s.data_key_max_age, Some(Duration::from_secs(60)));
+        assert_eq!(Settings::default().encrypted_fields, Vec::<String>::new());
     }
 }

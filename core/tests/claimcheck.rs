@@ -209,7 +209,7 @@ async fn a_missing_claim_check_is_retried_with_its_key_and_a_malformed_one_fault
     assert_eq!(ids, ["b", "e"]);
     let published = faults.published();
     assert_eq!(published.len(), 1);
-    assert_eq!(published[0].err.name, "DecodeError");
+    assert_eq!(published[0].err.name, "ClaimCheckMalformed");
     assert!(
         published[0]
             .err

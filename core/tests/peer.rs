@@ -15,6 +15,7 @@ use std::time::Duration;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_stream::claimcheck::ClaimCheck;
 use lambda_stream::connectors::{Kinesis, Sqs, Wire};
+use lambda_stream::encryption::{Encryption, Envelope};
 use lambda_stream::sources::{Decoded, from_eventbridge};
 use lambda_stream::testing::*;
 use lambda_stream::{Event, Handler, Outcome, Pipeline, UnitOfWork, aws};
@@ -274,4 +275,79 @@ async fn what_we_publish_the_peer_decodes_to_the_originals() {
     let mut decoded: Vec<Value> = serde_json::from_value(theirs["events"].clone()).unwrap();
     decoded.sort_by_key(|e| e["id"].as_str().unwrap_or_default().to_owned());
     assert_eq!(decoded, expected);
+}
+
+/// A new KMS key in the emulator under a new alias; returns the alias.
+async fn master_key() -> String {
+    emulator().await;
+    let kms = aws::kms().await;
+    let key = kms.create_key().send().await.unwrap();
+    let alias = format!("alias/{}", unique("peer"));
+    kms.create_alias()
+        .alias_name(&alias)
+        .target_key_id(key.key_metadata.unwrap().key_id)
+        .send()
+        .await
+        .unwrap();
+    alias
+}
+
+fn people() -> Vec<Value> {
+    (0..6)
+        .map(|i| {
+            json!({"id": format!("p{i}"), "type": "person-updated", "timestamp": 1_700_000_000_000_i64 + i,
+                   "partitionKey": format!("k{}", i % 2), "tags": {"source": "peer"},
+                   "person": {"name": format!("Ada {i}"), "contact": {"email": format!("ada{i}@example.com")},
+                              "age": 36, "aliases": ["a", "b"]}})
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn what_aws_kms_ee_encrypts_we_decrypt_and_the_reverse() {
+    let alias = master_key().await;
+    let fields = ["name", "email", "aliases"];
+    let originals = people();
+
+    // theirs -> ours: encrypted by aws-kms-ee, decrypted by our source before the pipeline
+    let theirs = peer(
+        &["encrypt"],
+        &json!({"events": originals, "fields": fields, "masterKeyAlias": alias}),
+    );
+    let encrypted: Vec<Value> = serde_json::from_value(theirs).unwrap();
+    assert!(!encrypted[0].to_string().contains("Ada"));
+    assert_eq!(encrypted[0]["eem"]["fields"], json!(fields));
+    let bodies: Vec<String> = encrypted.iter().map(Value::to_string).collect();
+    let decoded = lambda_stream::sources::from_sqs(
+        serde_json::from_value::<lambda_stream::sources::SqsRecords>(
+            serde_json::to_value(to_sqs_messages(&bodies)).unwrap(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(ours(decoded).await, originals);
+
+    // ours -> theirs: encrypted by our publisher, decrypted by aws-kms-ee
+    let encryption = Encryption {
+        envelope: Envelope::new(Arc::new(aws::kms().await.clone()), "us-east-1"),
+        master_key: alias,
+        fields: fields.iter().map(|f| f.to_string()).collect(),
+    };
+    let queue = create_queue("peer-encrypted").await;
+    let sqs =
+        Sqs::new(aws::sqs().await.clone(), &queue).with_wire(Wire::default().encrypt(encryption));
+    let events: Vec<Event> = originals
+        .iter()
+        .map(|e| serde_json::from_value(e.clone()).unwrap())
+        .collect();
+    assert!(
+        sqs.send_message_batch(&events)
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    let mut published = drain_queue(&queue).await;
+    published.sort_by_key(|e| e["id"].as_str().unwrap_or_default().to_owned());
+    assert!(!published[0].to_string().contains("Ada"));
+    let decrypted = peer(&["decrypt"], &json!({ "events": published }));
+    assert_eq!(decrypted, json!(originals));
 }

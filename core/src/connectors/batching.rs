@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::wire::Wire;
 use crate::claimcheck::ClaimCheck;
+use crate::encryption::Sealer;
 use crate::error::{ErrorClass, StepError};
 use crate::event::{Event, FaultEvent};
 use crate::retry::Retry;
@@ -86,12 +87,21 @@ pub async fn publish_all<A: BatchApi, P: Publishable>(
     events: &[P],
 ) -> Vec<Result<(), StepError>> {
     let wire = api.wire();
+    // one data key for the batch (made once per container, then cached)
+    let sealer = match wire.encryption() {
+        Some(e) => match e.envelope.sealer(&e.master_key).await {
+            Ok(sealer) => Some(sealer),
+            Err(err) => return events.iter().map(|_| Err(copy(&err))).collect(),
+        },
+        None => None,
+    };
+    let sealer = sealer.as_ref();
     let mut entries: Vec<Result<A::Entry, StepError>> = events
         .iter()
-        .map(|e| wire.json(e).and_then(|json| api.entry(e, json)))
+        .map(|e| wire.json(e, sealer).and_then(|json| api.entry(e, json)))
         .collect();
     if let Some(claim_check) = wire.claim_checks() {
-        claim_check_oversize(api, claim_check, events, &mut entries).await;
+        claim_check_oversize(api, claim_check, events, sealer, &mut entries).await;
     }
     let sendable: Vec<&A::Entry> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
     let sizes: Vec<usize> = sendable.iter().map(|e| api.size(e)).collect();
@@ -108,6 +118,7 @@ async fn claim_check_oversize<A: BatchApi, P: Publishable>(
     api: &A,
     claim_check: &ClaimCheck,
     events: &[P],
+    sealer: Option<&Sealer>,
     entries: &mut [Result<A::Entry, StepError>],
 ) {
     let limit = api.limits().max_entry_bytes.min(api.limits().max_bytes);
@@ -127,7 +138,7 @@ async fn claim_check_oversize<A: BatchApi, P: Publishable>(
         .map(|&i| {
             let event = &events[i];
             async move {
-                let json = api.wire().json(event)?;
+                let json = api.wire().json(event, sealer)?;
                 let pointer = claim_check.store(&json, now).await?;
                 api.entry(event, pointer)
             }

@@ -258,10 +258,23 @@ impl Decoded {
             .collect()
     }
 
-    /// Puts redeemed events in place of their pointers. A unit whose claim check failed is
-    /// taken out: a transient error retries its record, and every later unit of its key waits
-    /// with it (order per key); any other error faults its record.
-    pub(crate) fn redeemed(&mut self, results: Vec<(usize, Result<Event, StepError>)>) {
+    /// The units whose event carries an `eem` (sources that carry events only).
+    pub(crate) fn encrypted(&self) -> Vec<usize> {
+        if !self.carries_events() {
+            return Vec::new();
+        }
+        self.units
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.event().eem.as_ref().is_some_and(|e| !e.is_null()))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Puts events (redeemed, decrypted) in place of their units' own. A unit whose event
+    /// could not be had is taken out: a transient error retries its record, and every later
+    /// unit of its key waits with it (order per key); any other error faults its record.
+    pub(crate) fn replace_events(&mut self, results: Vec<(usize, Result<Event, StepError>)>) {
         let mut events: Vec<Option<Event>> = Vec::new();
         let mut retry: HashSet<u32> = HashSet::new();
         let mut faulted: HashSet<u32> = HashSet::new();
@@ -285,6 +298,9 @@ impl Decoded {
                 Err(e) => {
                     faulted.insert(index);
                     self.fail_record(index, e.to_string());
+                    if let Some((_, last)) = self.failures.last_mut() {
+                        last.name = e.name().to_owned();
+                    }
                 }
             }
         }
@@ -405,6 +421,7 @@ impl Decoded {
         let err = DecodeError {
             record: crate::faults::truncate(&record, REASON_BYTES).to_owned(),
             reason: crate::faults::truncate(&reason, REASON_BYTES).to_owned(),
+            name: "DecodeError".into(),
         };
         tracing::warn!(source = self.source, position = index, error = %err, "record did not decode");
         self.failures.push((index, err));

@@ -5,13 +5,19 @@
 //   node peer.cjs encode  < {"events": [...]}
 //     -> its test helpers' Lambda events for those events (their big fields compressed by its
 //        own compress()) and each event as its EventBridge sink would write the detail
+//   node peer.cjs encrypt < {"events": [...], "fields": [...], "masterKeyAlias": "alias/..."}
+//     -> the events as its encryptEvent step leaves them (aws-kms-ee, AES, with an eem)
+//   node peer.cjs decrypt < {"events": [...]}
+//     -> the events as its decryptEvent step restores them (eem removed)
 //
-// Claim-check pointers are redeemed by its from* functions through its S3 connector, which
-// finds the emulator through AWS_ENDPOINT_URL.
+// Claim-check pointers are redeemed by its from* functions through its S3 connector, and data
+// keys made and decrypted by aws-kms-ee's KMS client: both find the emulator through
+// AWS_ENDPOINT_URL.
 const {
   fromKinesis, fromSqsEvent, fromDynamodb, fromEventBridge,
   toKinesisRecords, toSqsEventRecords, toEventBridgeRecord, compress,
 } = require('aws-lambda-stream');
+const { encryptObject, decryptObject } = require('aws-kms-ee');
 
 const read = () => new Promise((resolve, reject) => {
   let text = '';
@@ -54,8 +60,18 @@ const main = async () => {
       eventbridge: input.events.map(toEventBridgeRecord),
       published: input.events.map(asPublished),
     };
+  } else if (command === 'encrypt') {
+    // what aws-lambda-stream's encryptEvent does with { eem: { fields } }
+    out = await Promise.all(input.events.map((e) => encryptObject(e, {
+      masterKeyAlias: input.masterKeyAlias, fields: input.fields, AES: true,
+    }).then(({ encrypted, metadata }) => ({ ...encrypted, eem: metadata }))));
+  } else if (command === 'decrypt') {
+    // what aws-lambda-stream's decryptEvent does
+    out = await Promise.all(input.events.map(({ eem, ...rest }) => (eem
+      ? decryptObject(rest, { ...eem, AES: true }).then(({ object }) => object)
+      : rest)));
   } else {
-    throw new Error(`usage: peer.cjs decode <${Object.keys(decoders).join('|')}> | encode`);
+    throw new Error(`usage: peer.cjs decode <${Object.keys(decoders).join('|')}> | encode | encrypt | decrypt`);
   }
   process.stdout.write(JSON.stringify(out));
 };
