@@ -1040,6 +1040,26 @@ pub async fn bus_to_queue(prefix: &str, pattern: Value) -> (String, String) {
     (bus, url)
 }
 
+/// A new KMS key in the emulator under a new alias (`alias/<prefix>-…`); returns the alias.
+pub async fn create_master_key(prefix: &str) -> String {
+    emulator().await;
+    let kms = crate::aws::kms().await;
+    let key = kms
+        .create_key()
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating a KMS key: {e:?}"));
+    let id = key.key_metadata.map(|m| m.key_id).unwrap_or_default();
+    let alias = format!("alias/{}", unique(prefix));
+    kms.create_alias()
+        .alias_name(&alias)
+        .target_key_id(id)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating alias {alias}: {e:?}"));
+    alias
+}
+
 /// A new SQS queue in the emulator; returns its URL.
 pub async fn create_queue(prefix: &str) -> String {
     emulator().await;

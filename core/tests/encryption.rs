@@ -46,22 +46,6 @@ async fn counted() -> Arc<Counted> {
     })
 }
 
-/// A new KMS key in the emulator under a new alias; returns the alias.
-async fn master_key() -> String {
-    emulator().await;
-    let kms = aws::kms().await;
-    let key = kms.create_key().send().await.unwrap();
-    let id = key.key_metadata.unwrap().key_id;
-    let alias = format!("alias/{}", unique("events"));
-    kms.create_alias()
-        .alias_name(&alias)
-        .target_key_id(id)
-        .send()
-        .await
-        .unwrap();
-    alias
-}
-
 fn recording(envelope: Envelope, faults: Arc<MemoryFaults>) -> (Handler, Arc<Mutex<Vec<Event>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = Arc::clone(&seen);
@@ -88,7 +72,7 @@ fn person(i: usize, key: &str) -> Event {
 
 #[tokio::test]
 async fn fields_are_encrypted_on_publish_and_decrypted_before_the_pipelines() {
-    let alias = master_key().await;
+    let alias = create_master_key("events").await;
     let publisher_kms = counted().await;
     let encryption = Encryption {
         envelope: Envelope::new(publisher_kms.clone(), "us-east-1"),
@@ -175,7 +159,7 @@ async fn encrypted_event(i: usize, key: &str, alias: &str) -> Event {
 
 #[tokio::test]
 async fn a_denied_key_faults_the_record_and_throttling_retries_it_with_its_key() {
-    let alias = master_key().await;
+    let alias = create_master_key("events").await;
     let batch = [
         encrypted_event(0, "p1", &alias).await,
         person(1, "p1"),

@@ -277,21 +277,6 @@ async fn what_we_publish_the_peer_decodes_to_the_originals() {
     assert_eq!(decoded, expected);
 }
 
-/// A new KMS key in the emulator under a new alias; returns the alias.
-async fn master_key() -> String {
-    emulator().await;
-    let kms = aws::kms().await;
-    let key = kms.create_key().send().await.unwrap();
-    let alias = format!("alias/{}", unique("peer"));
-    kms.create_alias()
-        .alias_name(&alias)
-        .target_key_id(key.key_metadata.unwrap().key_id)
-        .send()
-        .await
-        .unwrap();
-    alias
-}
-
 fn people() -> Vec<Value> {
     (0..6)
         .map(|i| {
@@ -305,7 +290,7 @@ fn people() -> Vec<Value> {
 
 #[tokio::test]
 async fn what_aws_kms_ee_encrypts_we_decrypt_and_the_reverse() {
-    let alias = master_key().await;
+    let alias = create_master_key("peer").await;
     let fields = ["name", "email", "aliases"];
     let originals = people();
 

@@ -37,6 +37,10 @@ pub enum Command {
     Show {
         /// The fault's id, as `list` prints it.
         id: String,
+        /// Also open its records, with your own rights: the events they carry, claim checks
+        /// redeemed and encrypted fields decrypted (printed here only, never logged).
+        #[arg(long)]
+        open: bool,
     },
     /// Invoke the function that raised each fault with the fault's original records, waiting for
     /// each answer, at most `--rate` invocations a second.
@@ -77,7 +81,25 @@ impl FaultsArgs {
                 }
                 Err(e) => fail(&e.to_string()),
             },
-            Command::Show { id } => match store.show(&id).await {
+            Command::Show { id, open } => match store.show(&id).await {
+                Ok(Some(fault)) if open => {
+                    let settings = lambda_stream::Settings::from_env();
+                    match crate::open(&fault, &settings).await {
+                        Ok(opened) => {
+                            let shown = serde_json::json!({
+                                "fault": fault,
+                                "events": opened.events,
+                                "unopened": opened.unopened,
+                            });
+                            println!(
+                                "{}",
+                                serde_json::to_string_pretty(&shown).unwrap_or_default()
+                            );
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => fail(&e),
+                    }
+                }
                 Ok(Some(fault)) => {
                     println!(
                         "{}",

@@ -132,6 +132,14 @@ pub fn resubmission(fault: &FaultEvent) -> Result<Resubmission, String> {
         .tag("functionname")
         .filter(|f| !f.is_empty() && *f != "unknown")
         .ok_or_else(|| format!("fault {} does not name its function", fault.id))?;
+    Ok(Resubmission {
+        function: function.to_owned(),
+        payload: original_event(fault)?,
+    })
+}
+
+/// The Lambda event of the fault's original records.
+fn original_event(fault: &FaultEvent) -> Result<Value, String> {
     let records: Vec<Value> = fault.uow.records().into_iter().cloned().collect();
     if records.is_empty() || records.iter().any(Value::is_null) {
         return Err(format!(
@@ -139,14 +147,118 @@ pub fn resubmission(fault: &FaultEvent) -> Result<Resubmission, String> {
             fault.id
         ));
     }
-    let payload = match records.as_slice() {
+    Ok(match records.as_slice() {
         [single] if single.get("detail-type").is_some() => single.clone(),
         _ => json!({ "Records": records }),
-    };
-    Ok(Resubmission {
-        function: function.to_owned(),
-        payload,
     })
+}
+
+/// A fault's records opened: the events they carry, as the function that raised it saw them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Opened {
+    /// The events, claim checks redeemed and encrypted fields decrypted.
+    pub events: Vec<Value>,
+    /// Why a record could not be opened (a claim check gone, a data key this caller may not
+    /// use), one line each.
+    pub unopened: Vec<String>,
+}
+
+/// Collects what could not be opened instead of publishing it.
+#[derive(Debug, Default)]
+struct Unopened(std::sync::Mutex<Vec<String>>);
+
+impl FaultPublisher for Unopened {
+    fn publish<'a>(&'a self, faults: &'a [FaultEvent]) -> BoxFuture<'a, Result<(), PublishError>> {
+        let mut out = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        out.extend(
+            faults
+                .iter()
+                .map(|f| format!("{}: {}", f.err.name, f.err.message)),
+        );
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Opens `fault`'s records with the caller's own rights, through the same sources the function
+/// used: claim checks are redeemed from S3 and `eem` fields decrypted with KMS (`settings`
+/// give the region and the data keys' age). What is printed is the caller's to see; nothing
+/// decrypted is logged.
+pub async fn open(fault: &FaultEvent, settings: &Settings) -> Result<Opened, String> {
+    use lambda_stream::sources::{self, Source};
+    let payload = original_event(fault)?;
+    let source = payload
+        .get("Records")
+        .and_then(|r| r.get(0))
+        .and_then(|r| r.get("eventSource").or_else(|| r.get("EventSource")))
+        .and_then(Value::as_str)
+        .unwrap_or(if payload.get("detail-type").is_some() {
+            "aws:events"
+        } else {
+            ""
+        })
+        .to_owned();
+    let unopened = std::sync::Arc::new(Unopened::default());
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&events);
+    let handler = Handler::builder(std::sync::Arc::clone(&unopened))
+        .settings(settings)
+        .function_name("faults")
+        .pipeline(Pipeline::new("open").map(move |u: UnitOfWork| {
+            if let Ok(v) = serde_json::to_value(u.event()) {
+                seen.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(v);
+            }
+            Ok(u)
+        }))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let invocation = lambda_stream::Invocation {
+        deadline: lambda_stream::deadline::Deadline::none(),
+        function_name: "faults".into(),
+    };
+    fn parsed<S: Source>(
+        payload: Value,
+        options: &sources::DecodeOptions,
+    ) -> Result<sources::Decoded, String> {
+        let event: S::Event = serde_json::from_value(payload).map_err(|e| e.to_string())?;
+        Ok(S::decode(event, options))
+    }
+    let options = sources::DecodeOptions::default();
+    let decoded = match source.as_str() {
+        "aws:kinesis" => parsed::<sources::Kinesis>(payload, &options)?,
+        "aws:sqs" => parsed::<sources::Sqs>(payload, &options)?,
+        "aws:sns" => parsed::<sources::Sns>(payload, &options)?,
+        "aws:dynamodb" => parsed::<sources::DynamoDb>(payload, &options)?,
+        "aws:events" => parsed::<sources::EventBridge>(payload, &options)?,
+        other => return Err(format!("records of an unknown source {other:?}")),
+    };
+    let outcomes = handler.process(decoded, &invocation).await;
+    let mut unopened = std::mem::take(
+        &mut *unopened
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let retried = outcomes
+        .outcomes()
+        .iter()
+        .filter(|o| **o == lambda_stream::Outcome::Retry)
+        .count();
+    if retried > 0 {
+        unopened.push(format!(
+            "{retried} record(s) not opened: a claim check or a data key could not be had"
+        ));
+    }
+    let events = std::mem::take(
+        &mut *events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    Ok(Opened { events, unopened })
 }
 
 /// The stored faults.

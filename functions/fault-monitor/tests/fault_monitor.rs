@@ -367,3 +367,82 @@ async fn a_claim_checked_fault_is_redeemed_and_stored_whole() {
         "the whole record, base64"
     );
 }
+
+/// A fault whose record is a claim-checked, encrypted event: the fault holds only the pointer;
+/// `open` (behind `faults show --open`) redeems and decrypts it with the caller's rights, and
+/// says plainly what it could not open.
+#[tokio::test]
+async fn a_fault_of_a_claim_checked_encrypted_event_opens_for_its_reader() {
+    use lambda_stream::claimcheck::ClaimCheck;
+    use lambda_stream::connectors::{Kinesis, Wire};
+    use lambda_stream::encryption::{Encryption, Envelope};
+
+    let claims = create_bucket("claims").await;
+    let alias = create_master_key("faults").await;
+    let wire = Wire::default()
+        .encrypt(Encryption {
+            envelope: Envelope::new(Arc::new(aws::kms().await.clone()), "us-east-1"),
+            master_key: alias,
+            fields: vec!["name".into()],
+        })
+        .claim_check(ClaimCheck::new(
+            Arc::new(aws::s3().await.clone()),
+            &claims,
+            "us-east-1",
+        ));
+    let stream = create_stream("open").await;
+    let kinesis = Kinesis::new(aws::kinesis().await.clone(), &stream).with_wire(wire);
+    let thing = json!({"id": "t1", "name": "Ada", "blob": incompressible(1_200_000)});
+    let big = Event::new("big", "thing-created", 1_700_000_000_000)
+        .with_partition_key("t1")
+        .with_entity("thing", thing.clone());
+    assert!(kinesis.put_records(std::slice::from_ref(&big)).await[0].is_ok());
+    let data = read_stream(&stream).await;
+    let pointer: Event = serde_json::from_slice(&data[0]).unwrap();
+    assert!(pointer.entity("s3").is_some());
+
+    let faults = Arc::new(MemoryFaults::default());
+    let listener = Handler::builder(faults.clone())
+        .function_name("listener")
+        .pipeline(
+            Pipeline::new("thing-view")
+                .map(|_u: UnitOfWork| Err::<UnitOfWork, _>(StepError::poison_msg("bad"))),
+        )
+        .build()
+        .unwrap();
+    listener
+        .handle::<sources::Kinesis>(
+            to_kinesis_records(&[pointer]),
+            &context(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let fault = faults.published().remove(0);
+    assert!(!serde_json::to_string(&fault).unwrap().contains("Ada"));
+
+    let settings = Settings {
+        region: Some("us-east-1".into()),
+        ..Settings::default()
+    };
+    let opened = fault_monitor::open(&fault, &settings).await.unwrap();
+    assert_eq!(opened.unopened, Vec::<String>::new());
+    assert_eq!(opened.events.len(), 1);
+    assert_eq!(opened.events[0]["thing"], thing);
+
+    // the claim check gone (expired): nothing opens, and it says so
+    let key = serde_json::from_slice::<Value>(&data[0]).unwrap()["s3"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    aws::s3()
+        .await
+        .delete_object()
+        .bucket(&claims)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let opened = fault_monitor::open(&fault, &settings).await.unwrap();
+    assert!(opened.events.is_empty());
+    assert_eq!(opened.unopened.len(), 1, "{:?}", opened.unopened);
+}
