@@ -179,6 +179,40 @@ async fn what_the_peer_publishes_our_sources_decode_as_its_own_do() {
         assert_eq!(normalized(ours(decoded).await), theirs, "{kind}");
     }
 
+    // DynamoDB: its toDynamodbRecords, our from_dynamodb
+    let changes = json!([
+        // whole seconds, as DynamoDB Streams writes them (aws_lambda_events 1.2 reads a
+        // fraction of a second as microseconds)
+        {"timestamp": 1_700_000_001, "keys": {"pk": "t1", "sk": "thing"},
+         "newImage": {"pk": "t1", "sk": "thing", "discriminator": "thing", "name": "A", "n": 1}},
+        {"timestamp": 1_700_000_002, "keys": {"pk": "t1", "sk": "thing"},
+         "oldImage": {"pk": "t1", "sk": "thing", "discriminator": "thing", "name": "A"},
+         "newImage": {"pk": "t1", "sk": "thing", "discriminator": "thing", "name": "B", "tags": ["x"]}},
+        {"timestamp": 1_700_000_003, "keys": {"pk": "t1", "sk": "thing"},
+         "oldImage": {"pk": "t1", "sk": "thing", "discriminator": "thing", "name": "B"},
+         "newImage": {"pk": "t1", "sk": "thing", "discriminator": "thing", "name": "B", "deleted": true}},
+        {"timestamp": 1_700_000_004, "keys": {"pk": "t2", "sk": "thing"},
+         "oldImage": {"pk": "t2", "sk": "thing", "discriminator": "thing", "name": "C"}},
+        // a row that keeps its own time: ours is timed by it (a deliberate difference)
+        {"timestamp": 1_700_000_005, "keys": {"pk": "t3", "sk": "thing"},
+         "newImage": {"pk": "t3", "sk": "thing", "discriminator": "thing", "timestamp": 1_600_000_000_000_i64}},
+    ]);
+    let made = peer(&["encode"], &json!({ "events": [], "changes": changes }));
+    let theirs = peer(&["decode", "dynamodb"], &made["dynamodb"]);
+    assert_eq!(theirs["faults"], json!([]));
+    let records: lambda_stream::sources::DynamoDbRecords =
+        serde_json::from_value(made["dynamodb"].clone()).unwrap();
+    let decoded = lambda_stream::sources::from_dynamodb(
+        records,
+        &lambda_stream::sources::DynamoDbOptions::default(),
+    );
+    let mut theirs = theirs["events"].as_array().unwrap().clone();
+    let mine = normalized(ours(decoded).await);
+    assert_eq!(theirs[4]["timestamp"], 1_700_000_005_000_i64);
+    assert_eq!(mine[4]["timestamp"], 1_600_000_000_000_i64);
+    theirs[4]["timestamp"] = mine[4]["timestamp"].clone();
+    assert_eq!(mine, theirs);
+
     // EventBridge: aws-lambda-stream 1.0.0's fromEventBridge does not restore compressed
     // fields; ours does, so we compare with the originals
     for (i, record) in made["eventbridge"].as_array().unwrap().iter().enumerate() {

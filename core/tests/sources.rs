@@ -378,18 +378,32 @@ fn records_without_metadata_the_library_never_reads_still_decode() {
             "Keys": {"pk": {"S": "t1"}, "sk": {"S": "thing"}},
             "NewImage": image, "SequenceNumber": "1"}},
         // what the library reads (the change type) missing: a fault naming it
-        {"eventID": "ddb-2", "dynamodb": {"Keys": {"pk": {"S": "t2"}}, "SequenceNumber": "2"}}
+        {"eventID": "ddb-2", "dynamodb": {"Keys": {"pk": {"S": "t2"}}, "SequenceNumber": "2"}},
+        // no creation time: timed by the row's own `timestamp` when it has one ...
+        {"eventID": "ddb-3", "eventName": "INSERT", "dynamodb": {
+            "Keys": {"pk": {"S": "t3"}, "sk": {"S": "thing"}}, "SequenceNumber": "3",
+            "NewImage": {"pk": {"S": "t3"}, "sk": {"S": "thing"}, "timestamp": {"N": "1700000000123"}}}},
+        // ... else a fault naming the field, not an event timed at 1970
+        {"eventID": "ddb-4", "eventName": "INSERT", "dynamodb": {
+            "Keys": {"pk": {"S": "t4"}, "sk": {"S": "thing"}}, "SequenceNumber": "4",
+            "NewImage": {"pk": {"S": "t4"}, "sk": {"S": "thing"}}}}
     ]}))
     .unwrap();
     let decoded = from_dynamodb(dynamodb, &opts());
-    assert_eq!(decoded.units().len(), 1, "{:?}", decoded.failures());
+    assert_eq!(decoded.units().len(), 2, "{:?}", decoded.failures());
     assert_eq!(decoded.units()[0].event().event_type, "thing-created");
+    assert_eq!(decoded.units()[1].event().timestamp, 1_700_000_000_123);
     let failures = decoded.failures();
-    assert_eq!(failures.len(), 1);
+    assert_eq!(failures.len(), 2);
     assert!(
         failures[0].1.reason.contains("eventName"),
         "{}",
         failures[0].1
+    );
+    assert!(
+        failures[1].1.reason.contains("ApproximateCreationDateTime"),
+        "{}",
+        failures[1].1
     );
 }
 

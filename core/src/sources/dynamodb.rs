@@ -139,7 +139,17 @@ fn decode(record: &EventRecord, opts: &DynamoDbOptions) -> Result<Option<(Event,
             .parse::<f64>()
             .map(|ms| ms as i64)
             .map_err(|e| format!("`timestamp` is not a number: {e}"))?,
-        _ => change.approximate_creation_date_time.timestamp_millis(),
+        // a record without it (a hand-made fixture) would be timed at 1970 and lose every
+        // timestamp condition to an older write: better a fault that names what is missing
+        _ => match change.approximate_creation_date_time.timestamp_millis() {
+            0 => {
+                return Err(
+                    "no `timestamp` attribute and no `dynamodb.ApproximateCreationDateTime` to time the event"
+                        .to_owned(),
+                );
+            }
+            ms => ms,
+        },
     };
 
     let mut raw = Map::new();

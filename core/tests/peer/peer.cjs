@@ -2,9 +2,10 @@
 //
 //   node peer.cjs decode <kinesis|sqs|dynamodb|eventbridge>  < Lambda event JSON
 //     -> {"events": [the events its from* function decodes], "faults": [error messages]}
-//   node peer.cjs encode  < {"events": [...]}
+//   node peer.cjs encode  < {"events": [...], "changes": [...]}
 //     -> its test helpers' Lambda events for those events (their big fields compressed by its
-//        own compress()) and each event as its EventBridge sink would write the detail
+//        own compress()), each event as its EventBridge sink would write the detail, and a
+//        DynamoDB stream event of the row changes ({timestamp, keys, newImage, oldImage})
 //   node peer.cjs encrypt < {"events": [...], "fields": [...], "masterKeyAlias": "alias/..."}
 //     -> the events as its encryptEvent step leaves them (aws-kms-ee, AES, with an eem)
 //   node peer.cjs decrypt < {"events": [...]}
@@ -15,7 +16,7 @@
 // AWS_ENDPOINT_URL.
 const {
   fromKinesis, fromSqsEvent, fromDynamodb, fromEventBridge,
-  toKinesisRecords, toSqsEventRecords, toEventBridgeRecord, compress,
+  toDynamodbRecords, toKinesisRecords, toSqsEventRecords, toEventBridgeRecord, compress,
 } = require('aws-lambda-stream');
 const { encryptObject, decryptObject } = require('aws-kms-ee');
 
@@ -55,6 +56,7 @@ const main = async () => {
     out = await decode(kind, input);
   } else if (command === 'encode') {
     out = {
+      dynamodb: toDynamodbRecords(input.changes || []),
       kinesis: toKinesisRecords(input.events),
       sqs: toSqsEventRecords(input.events),
       eventbridge: input.events.map(toEventBridgeRecord),
