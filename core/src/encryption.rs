@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{ErrorClass, StepError};
+use crate::expressions::Expression;
 
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
@@ -340,22 +341,42 @@ impl Sealer {
             return false;
         }
         if let Value::Object(map) = value {
-            let mut data_keys = Map::new();
-            data_keys.insert(
-                self.region.clone(),
-                Value::String(self.key.encrypted.clone()),
-            );
-            let eem = Eem {
-                data_keys,
-                master_key_alias: self.master_key.clone(),
-                fields: fields.to_vec(),
-            };
-            map.insert(
-                "eem".into(),
-                serde_json::to_value(eem).unwrap_or(Value::Null),
-            );
+            map.insert("eem".into(), self.eem(fields));
         }
         true
+    }
+
+    /// Encrypts the `fields` among what `expression` sets (at any depth of its values) and
+    /// sets the row's `eem`, as aws-lambda-stream's `encryptData` leaves a row; true when any
+    /// field was there.
+    pub fn seal_update(&self, expression: &mut Expression, fields: &[String]) -> bool {
+        let mut sealed = false;
+        for (field, value) in expression.set_values_mut() {
+            // a set field is a top-level attribute: wrapped so a named one is found too
+            let mut row = Value::Object(Map::from_iter([(field.to_owned(), value.take())]));
+            sealed |= encrypt_fields(&mut row, fields, &self.key.plaintext);
+            if let Some(v) = row.get_mut(field) {
+                *value = v.take();
+            }
+        }
+        if sealed {
+            *expression = std::mem::take(expression).set("eem", self.eem(fields));
+        }
+        sealed
+    }
+
+    fn eem(&self, fields: &[String]) -> Value {
+        let mut data_keys = Map::new();
+        data_keys.insert(
+            self.region.clone(),
+            Value::String(self.key.encrypted.clone()),
+        );
+        let eem = Eem {
+            data_keys,
+            master_key_alias: self.master_key.clone(),
+            fields: fields.to_vec(),
+        };
+        serde_json::to_value(eem).unwrap_or(Value::Null)
     }
 }
 

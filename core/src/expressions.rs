@@ -117,6 +117,19 @@ impl Expression {
         self
     }
 
+    /// Each field this expression sets, with its value.
+    pub(crate) fn set_values_mut(&mut self) -> Vec<(&str, &mut Value)> {
+        let by_alias: HashMap<&str, &str> = self
+            .aliases
+            .iter()
+            .map(|(field, (_, value))| (value.as_str(), field.as_str()))
+            .collect();
+        self.values
+            .iter_mut()
+            .filter_map(|(alias, v)| by_alias.get(alias.as_str()).map(|f| (*f, v)))
+            .collect()
+    }
+
     fn add_condition(&mut self, condition: String) {
         self.condition = Some(match self.condition.take() {
             Some(c) => format!("({c}) AND ({condition})"),

@@ -763,10 +763,18 @@ impl Handler {
     }
 }
 
-/// The event with its encrypted fields restored; `eem` gone.
+/// The event with its encrypted fields restored, and those of its row images (a DynamoDB
+/// change); each `eem` gone.
 async fn decrypt_event(envelope: &Envelope, event: Event) -> Result<Event, StepError> {
     let mut value = serde_json::to_value(&event)?;
     envelope.decrypt(&mut value).await?;
+    if let Some(raw) = value.get_mut("raw") {
+        for side in ["new", "old"] {
+            if let Some(image) = raw.get_mut(side) {
+                envelope.decrypt(image).await?;
+            }
+        }
+    }
     Ok(serde_json::from_value(value)?)
 }
 

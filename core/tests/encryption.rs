@@ -196,3 +196,111 @@ async fn a_denied_key_faults_the_record_and_throttling_retries_it_with_its_key()
     assert!(faults.published().is_empty());
     assert_eq!(seen.lock().unwrap()[0].id, "e2");
 }
+
+/// A view written by materialize with `encrypt`: the row holds ciphertext and its `eem`, as
+/// aws-lambda-stream's encryptData leaves a row; a trigger on the table (a DynamoDB source)
+/// gets the row's images decrypted before its pipelines.
+#[tokio::test]
+async fn materialize_encrypts_rows_and_a_dynamodb_source_decrypts_their_images() {
+    use lambda_stream::connectors::{DynamoDb, UpdateRequest};
+    use lambda_stream::expressions::update_expression;
+    use lambda_stream::flavors::Materialize;
+    use lambda_stream::sources::{DynamoDbOptions, from_dynamodb};
+
+    let alias = create_master_key("rows").await;
+    let table = create_table("encrypted-views").await;
+    let envelope = Envelope::new(Arc::new(aws::kms().await.clone()), "us-east-1");
+    let to_update = |uow: &UnitOfWork| -> Result<UpdateRequest, StepError> {
+        let p = uow.event().entity("person").cloned().unwrap_or_default();
+        Ok(UpdateRequest {
+            table: None,
+            key: json!({"pk": p["id"], "sk": "person"}),
+            expression: update_expression(&json!({
+                "discriminator": "person", "name": p["name"], "contact": {"email": p["email"]},
+                "age": p["age"], "timestamp": uow.event().timestamp,
+            }))?
+            .timestamp_condition()?,
+        })
+    };
+    let rule = Materialize::new(
+        "people",
+        "person-updated",
+        to_update,
+        DynamoDb::shared().await,
+    )
+    .table(&table)
+    .encrypt(Encryption {
+        envelope: envelope.clone(),
+        master_key: alias.clone(),
+        fields: vec!["name".into(), "email".into()],
+    });
+    let handler = Handler::builder(MemoryFaults::default())
+        .pipelines([rule])
+        .build()
+        .unwrap();
+    let batch: Vec<Event> = (0..4).map(|i| person(i, ["p1", "p2"][i % 2])).collect();
+    let response = handler
+        .handle::<lambda_stream::sources::Kinesis>(
+            to_kinesis_records(&batch),
+            &context(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+
+    let rows = aws::dynamodb()
+        .await
+        .scan()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(rows.len(), 2);
+    let mut rows: Vec<Value> = rows
+        .into_iter()
+        .map(|i| serde_dynamo::aws_sdk_dynamodb_1::from_item(i).unwrap())
+        .collect();
+    rows.sort_by_key(|r| r["pk"].as_str().unwrap_or_default().to_owned());
+    let text = serde_json::to_string(&rows).unwrap();
+    assert!(
+        !text.contains("Ada") && !text.contains("example.com"),
+        "{text}"
+    );
+    assert_eq!(rows[0]["age"], 36);
+    assert_eq!(rows[0]["eem"]["masterKeyAlias"], json!(alias));
+
+    // the table's stream, as a trigger sees it
+    let changes: Vec<Change> = rows.iter().cloned().map(Change::insert).collect();
+    let (reader, seen) = {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let handler = Handler::builder(MemoryFaults::default())
+            .envelope(Envelope::new(
+                Arc::new(aws::kms().await.clone()),
+                "us-east-1",
+            ))
+            .pipeline(Pipeline::new("trigger").map(move |u: UnitOfWork| {
+                s.lock().unwrap().push(u.event().clone());
+                Ok(u)
+            }))
+            .build()
+            .unwrap();
+        (handler, seen)
+    };
+    let ctx = context(Duration::from_secs(30));
+    let outcomes = reader
+        .process(
+            from_dynamodb(to_dynamodb_records(&changes), &DynamoDbOptions::default()),
+            &reader.invocation(&ctx),
+        )
+        .await;
+    assert!(outcomes.outcomes().iter().all(|o| *o == Outcome::Done));
+    let seen = seen.lock().unwrap();
+    let new = seen[0].raw.as_ref().unwrap()["new"].clone();
+    // p1's newest event is e2
+    assert_eq!(new["name"], "Ada 2");
+    assert_eq!(new["contact"]["email"], "ada2@example.com");
+    assert!(new.get("eem").is_none());
+}

@@ -1,6 +1,9 @@
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::connectors::{DynamoDb, UpdateRequest};
+use crate::encryption::Encryption;
 use crate::error::StepError;
 use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline};
 use crate::sinks::Update;
@@ -42,6 +45,7 @@ pub struct Materialize<F> {
     to_update_request: F,
     sink: Update,
     skip_source: Option<String>,
+    encryption: Option<Encryption>,
 }
 
 impl<F> Materialize<F>
@@ -62,6 +66,7 @@ where
             to_update_request,
             sink: Update::new(db),
             skip_source: None,
+            encryption: None,
         }
     }
 
@@ -84,6 +89,14 @@ where
         self.skip_source = Some(service.into());
         self
     }
+
+    /// Encrypts the `encryption`'s fields among the values each update sets, and stores the
+    /// row's `eem` with it, as aws-lambda-stream's `encryptData` leaves a row: a DynamoDB
+    /// source reading the table decrypts the row's images again.
+    pub fn encrypt(mut self, encryption: Encryption) -> Self {
+        self.encryption = Some(encryption);
+        self
+    }
 }
 
 impl<F> IntoPipeline for Materialize<F>
@@ -96,13 +109,27 @@ where
         if let Some(service) = self.skip_source {
             pipeline = pipeline.on(move |uow| uow.event().tag("source") != Some(service.as_str()));
         }
-        pipeline
-            .map(move |uow| {
-                let mut request = to_update_request(&uow)?;
-                request.expression = request.expression.set("latched", Value::Bool(true));
-                Ok(uow.with(request))
-            })
-            .pipe(self.sink)
-            .into_pipeline()
+        let pipeline = pipeline.map(move |uow| {
+            let mut request = to_update_request(&uow)?;
+            request.expression = request.expression.set("latched", Value::Bool(true));
+            Ok(uow.with(request))
+        });
+        match self.encryption {
+            Some(encryption) => {
+                let encryption = Arc::new(encryption);
+                pipeline
+                    .then(move |mut uow: UnitOfWork<UpdateRequest>| {
+                        let e = Arc::clone(&encryption);
+                        async move {
+                            let sealer = e.envelope.sealer(&e.master_key).await?;
+                            sealer.seal_update(&mut uow.state.expression, &e.fields);
+                            Ok(uow)
+                        }
+                    })
+                    .pipe(self.sink)
+                    .into_pipeline()
+            }
+            None => pipeline.pipe(self.sink).into_pipeline(),
+        }
     }
 }

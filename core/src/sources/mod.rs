@@ -258,15 +258,29 @@ impl Decoded {
             .collect()
     }
 
-    /// The units whose event carries an `eem` (sources that carry events only).
+    /// The units whose event carries an `eem` (sources that carry events), or whose row
+    /// images do (a DynamoDB change of a row written encrypted).
     pub(crate) fn encrypted(&self) -> Vec<usize> {
-        if !self.carries_events() {
+        let has_eem = |v: Option<&Value>| v.is_some_and(|e| !e.is_null());
+        let rows = self.source == "from_dynamodb";
+        if !rows && !self.carries_events() {
             return Vec::new();
         }
         self.units
             .iter()
             .enumerate()
-            .filter(|(_, u)| u.event().eem.as_ref().is_some_and(|e| !e.is_null()))
+            .filter(|(_, u)| {
+                let e = u.event();
+                if rows {
+                    e.raw.as_ref().is_some_and(|raw| {
+                        ["new", "old"]
+                            .iter()
+                            .any(|side| has_eem(raw.get(side).and_then(|img| img.get("eem"))))
+                    })
+                } else {
+                    has_eem(e.eem.as_ref())
+                }
+            })
             .map(|(i, _)| i)
             .collect()
     }
