@@ -203,27 +203,61 @@ async fn publish_to_sns_reaches_a_subscribed_queue() {
         .await
         .unwrap();
 
+    let bucket = create_bucket("sns-claims").await;
+    let claim_check = lambda_stream::claimcheck::ClaimCheck::new(
+        std::sync::Arc::new(aws::s3().await.clone()),
+        &bucket,
+        "us-east-1",
+    );
+    let topic_out = Sns::new(sns.clone(), &topic)
+        .with_wire(lambda_stream::connectors::Wire::default().claim_check(claim_check));
+    let mut batch = events(3, "t");
+    // compressed to a few hundred bytes
+    batch[1] = batch[1]
+        .clone()
+        .with_entity("notes", json!("n".repeat(300_000)));
+    // over 256 KB even compressed: claim-checked
+    batch[2] = batch[2]
+        .clone()
+        .with_entity("blob", json!(incompressible(400_000)));
     let outcomes = run(
         Pipeline::new("to-sns")
             .map(republish)
-            .pipe(PublishToSns(Sns::new(sns.clone(), &topic))),
-        &events(3, "t"),
+            .pipe(PublishToSns(topic_out)),
+        &batch,
     )
     .await;
     assert!(outcomes.iter().all(|o| *o == Outcome::Done));
     let notes = drain_queue(&url).await;
     assert_eq!(notes.len(), 3);
+    assert!(notes.iter().all(|n| n.to_string().len() < 5_000));
     // what arrives is an SNS notification; from_sqs unwraps it back into the event
-    let ids: Vec<String> = lambda_stream::sources::from_sqs(to_sqs_messages(
+    let decoded = lambda_stream::sources::from_sqs(to_sqs_messages(
         &notes.iter().map(Value::to_string).collect::<Vec<_>>(),
-    ))
-    .units()
-    .iter()
-    .map(|u| u.event().id.clone())
-    .collect();
-    let mut ids = ids;
+    ));
+    let mut ids: Vec<String> = decoded
+        .units()
+        .iter()
+        .map(|u| u.event().id.clone())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["e0", "e1", "e2"]);
+    // the pipelines see the whole events: compressed fields restored, the claim check redeemed
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = std::sync::Arc::clone(&seen);
+    let reader = Handler::builder(MemoryFaults::default())
+        .pipeline(Pipeline::new("read").map(move |u: UnitOfWork| {
+            s.lock().unwrap().push(u.event().clone());
+            Ok(u)
+        }))
+        .build()
+        .unwrap();
+    let ctx = context(Duration::from_secs(30));
+    reader.process(decoded, &reader.invocation(&ctx)).await;
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by_key(|e| e.id.clone());
+    assert_eq!(seen[1].entity("notes"), batch[1].entity("notes"));
+    assert_eq!(seen[2].entity("blob"), batch[2].entity("blob"));
 }
 
 #[tokio::test]

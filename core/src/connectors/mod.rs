@@ -17,6 +17,6 @@ pub use eventbridge::{EVENTBRIDGE_LIMITS, EventBridge, EventBridgeFaults};
 pub use kinesis::{KINESIS_LIMITS, Kinesis};
 pub use lambda::{Lambda, MappingState};
 pub use s3::S3;
-pub use sns::Sns;
+pub use sns::{SNS_MAX_BYTES, Sns};
 pub use sqs::{Message, SQS_LIMITS, Sqs};
 pub use wire::Wire;
