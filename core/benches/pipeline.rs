@@ -3,6 +3,8 @@
 //! response) against the floor (deserializing the Lambda event and decoding each record's data
 //! into an `Event`, nothing else). Read the two as a ratio from the same run.
 //!
+//! Publishing: the wire format (compression) against plain serialization (`bench_wire`).
+//!
 //! The same pipeline guarded by an idempotency store (in memory, so what is measured is the
 //! guard's own work: a claim per unit, the settling pass), on a first delivery and on a
 //! redelivery of the whole batch (every unit completed, found in the container's cache).
@@ -197,5 +199,48 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Publishing: each event's JSON as the batch connectors write it (`Wire`, compression on at
+/// aws-lambda-stream's 10 KB) against plain serialization, for the usual ~1 KB event (the fast
+/// path: nothing can be over the threshold) and for a ~40 KB event whose big field is
+/// compressed.
+fn bench_wire(c: &mut Criterion) {
+    use lambda_stream::connectors::Wire;
+    let small = events();
+    let big: Vec<Event> = (0..100)
+        .map(|i| {
+            Event::new(format!("b{i}"), "thing-updated", i as i64)
+                .with_partition_key(format!("t{}", i % 10))
+                .with_entity(
+                    "thing",
+                    json!({"id": format!("t{i}"), "notes": format!("{i} ").repeat(10_000)}),
+                )
+        })
+        .collect();
+    let wire = Wire::default();
+    for (name, batch) in [("wire-5000x1KB", &small), ("wire-100x40KB", &big)] {
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Elements(batch.len() as u64));
+        group.bench_function("floor: serde_json::to_string", |b| {
+            b.iter(|| {
+                let n: usize = batch
+                    .iter()
+                    .map(|e| serde_json::to_string(black_box(e)).unwrap().len())
+                    .sum();
+                black_box(n)
+            })
+        });
+        group.bench_function("Wire::json (compression at 10 KB)", |b| {
+            b.iter(|| {
+                let n: usize = batch
+                    .iter()
+                    .map(|e| wire.json(black_box(e), None).unwrap().len())
+                    .sum();
+                black_box(n)
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_wire);
 criterion_main!(benches);
