@@ -16,8 +16,7 @@ use crate::claimcheck::ClaimCheckStore;
 use crate::deadline::{self, Deadline};
 use crate::delivery;
 use crate::encryption::Envelope;
-use crate::error::{BatchError, StepError};
-use crate::event::Event;
+use crate::error::BatchError;
 use crate::event::FaultEvent;
 use crate::faults::{self, FaultPublisher, FaultStore, PendingFault, storage_id, storage_key};
 use crate::outcome::Outcome;
@@ -25,6 +24,7 @@ use crate::pipeline::{
     AssembledPipeline, BLOCKED, Blocked, IntoPipeline, KeyGate, NOT_STARTED, RunCtx, Takers,
     panic_error,
 };
+use crate::prepare::Prepare;
 use crate::response::Outcomes;
 use crate::settings::Settings;
 use crate::sources::{DecodeOptions, Decoded, DynamoDbOptions, Source};
@@ -88,9 +88,7 @@ pub struct Handler {
     function_name: Option<String>,
     settings: Arc<Settings>,
     breaker: Option<Arc<CircuitBreaker>>,
-    claim_checks: Option<Arc<dyn ClaimCheckStore>>,
-    envelope: Option<Envelope>,
-    default_envelope: Arc<tokio::sync::OnceCell<Envelope>>,
+    prepare: Prepare,
 }
 
 /// Builds a [`Handler`]. [`settings`](Self::settings) gives it what the environment says
@@ -293,9 +291,7 @@ impl HandlerBuilder {
             function_name: self.function_name,
             settings: self.settings,
             breaker: self.breaker,
-            claim_checks: self.claim_checks,
-            envelope: self.envelope,
-            default_envelope: Arc::default(),
+            prepare: Prepare::new(self.claim_checks, self.envelope),
         })
     }
 }
@@ -391,8 +387,9 @@ impl Handler {
     /// returns every record's outcome.
     pub async fn process(&self, mut decoded: Decoded, invocation: &Invocation) -> Outcomes {
         let started = std::time::Instant::now();
-        self.redeem(&mut decoded, invocation.deadline).await;
-        self.decrypt(&mut decoded, invocation.deadline).await;
+        self.prepare
+            .prepare(&mut decoded, invocation.deadline, &self.settings)
+            .await;
         let mut outcomes = vec![Outcome::Done; decoded.records.len()];
         for position in &decoded.retries {
             outcomes[*position as usize] = Outcome::Retry;
@@ -560,72 +557,6 @@ impl Handler {
         outcomes
     }
 
-    /// Puts in place of each claim-check pointer the event it points to, before any pipeline
-    /// runs; what is not redeemed by the deadline's cut is retried.
-    async fn redeem(&self, decoded: &mut Decoded, deadline: Deadline) {
-        let pointers = decoded.pointers();
-        if pointers.is_empty() {
-            return;
-        }
-        let store: Arc<dyn ClaimCheckStore> = match &self.claim_checks {
-            Some(store) => Arc::clone(store),
-            None => Arc::new(crate::aws::s3().await.clone()),
-        };
-        let units: Vec<usize> = pointers.iter().map(|(u, _)| *u).collect();
-        let redeem = stream::iter(pointers.into_iter().map(|(unit, pointer)| {
-            let store = Arc::clone(&store);
-            let event = decoded.units[unit].event();
-            let (id, timestamp) = (event.id.clone(), event.timestamp);
-            async move {
-                let redeemed = match pointer {
-                    Ok(p) => p.fetch(&*store).await.and_then(|json| {
-                        crate::sources::parse_event(&json, &id, timestamp).map_err(|e| {
-                            StepError::poison_msg(format!("claim check {}: {e}", p.key))
-                                .named("ClaimCheckMalformed")
-                        })
-                    }),
-                    Err(reason) => Err(StepError::poison_msg(reason).named("ClaimCheckMalformed")),
-                };
-                (unit, redeemed)
-            }
-        }))
-        .buffered(self.settings.parallel.max(1))
-        .collect::<Vec<_>>();
-        let results = by_the_cut(deadline, &units, "claim check not redeemed", redeem).await;
-        decoded.replace_events(results);
-    }
-
-    /// Decrypts each event that carries an `eem`, before any pipeline runs (after claim checks
-    /// are redeemed: the stored event is the encrypted one); what is not decrypted by the
-    /// deadline's cut is retried.
-    async fn decrypt(&self, decoded: &mut Decoded, deadline: Deadline) {
-        let units = decoded.encrypted();
-        if units.is_empty() {
-            return;
-        }
-        let envelope = match &self.envelope {
-            Some(envelope) => envelope.clone(),
-            None => self
-                .default_envelope
-                .get_or_init(|| Envelope::from_settings(&self.settings))
-                .await
-                .clone(),
-        };
-        let work: Vec<_> = units
-            .iter()
-            .map(|&unit| {
-                let envelope = envelope.clone();
-                let event = decoded.units[unit].event().clone();
-                async move { (unit, decrypt_event(&envelope, event).await) }
-            })
-            .collect();
-        let decrypt = stream::iter(work)
-            .buffered(self.settings.parallel.max(1))
-            .collect::<Vec<_>>();
-        let results = by_the_cut(deadline, &units, "event not decrypted", decrypt).await;
-        decoded.replace_events(results);
-    }
-
     /// Publishes the faults of records Lambda will not deliver again (the others are raised
     /// again on redelivery; a fault with any such record waits whole), within the publishing
     /// budget. What is not confirmed in time turns its records to retry.
@@ -760,45 +691,5 @@ impl Handler {
                 false
             }
         }
-    }
-}
-
-/// The event with its encrypted fields restored, and those of its row images (a DynamoDB
-/// change); each `eem` gone.
-async fn decrypt_event(envelope: &Envelope, event: Event) -> Result<Event, StepError> {
-    let mut value = serde_json::to_value(&event)?;
-    envelope.decrypt(&mut value).await?;
-    if let Some(raw) = value.get_mut("raw") {
-        for side in ["new", "old"] {
-            if let Some(image) = raw.get_mut(side) {
-                envelope.decrypt(image).await?;
-            }
-        }
-    }
-    Ok(serde_json::from_value(value)?)
-}
-
-/// The results of `work` on `units`, or, past the deadline's cut, a transient error for each.
-async fn by_the_cut(
-    deadline: Deadline,
-    units: &[usize],
-    what: &str,
-    work: impl std::future::Future<Output = Vec<(usize, Result<Event, StepError>)>>,
-) -> Vec<(usize, Result<Event, StepError>)> {
-    match deadline.cut_at() {
-        Some(cut) => tokio::time::timeout_at(cut, work)
-            .await
-            .unwrap_or_else(|_| {
-                units
-                    .iter()
-                    .map(|u| {
-                        (
-                            *u,
-                            Err(StepError::transient(format!("deadline: {what} in time"))),
-                        )
-                    })
-                    .collect()
-            }),
-        None => work.await,
     }
 }

@@ -62,6 +62,7 @@ mod handler;
 mod lambda;
 mod outcome;
 mod pipeline;
+mod prepare;
 mod record;
 mod response;
 mod retry;
