@@ -69,6 +69,7 @@ pub fn from_dynamodb(batch: impl Into<DynamoDbRecords>, opts: &DynamoDbOptions) 
     Decoded::each(
         "from_dynamodb",
         <super::DynamoDb as super::Source>::REDELIVERY,
+        super::Payload::Rows,
         batch.into(),
         |out, record| {
             let decoded = decode(&record, opts);

@@ -18,6 +18,7 @@ pub fn from_eventbridge(record: EventBridgeEvent<Value>) -> Decoded {
     let mut out = Decoded::with_capacity(
         "from_eventbridge",
         <super::EventBridge as super::Source>::REDELIVERY,
+        super::Payload::Events,
         1,
     );
     let parsed = decode(&record);

@@ -19,6 +19,7 @@ pub fn from_kinesis(batch: impl Into<KinesisRecords>) -> Decoded {
     Decoded::each(
         "from_kinesis",
         <super::Kinesis as super::Source>::REDELIVERY,
+        super::Payload::Events,
         batch.into(),
         |out, record| {
             let arrival = record

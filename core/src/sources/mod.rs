@@ -212,6 +212,15 @@ from_typed_event!(aws_lambda_events::event::sqs::SqsEvent, SqsMessage);
 from_typed_event!(aws_lambda_events::event::sns::SnsEvent, SnsRecord);
 from_typed_event!(aws_lambda_events::event::s3::S3Event, S3EventRecord);
 
+/// What a source's records carry: events of their own (which may be claim-check pointers or
+/// encrypted), table rows (whose images may be encrypted), or notifications made into events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    Events,
+    Rows,
+    Notifications,
+}
+
 /// The decoded batch: every record, its units of work, and the records that failed to decode.
 #[derive(Debug)]
 pub struct Decoded {
@@ -220,18 +229,25 @@ pub struct Decoded {
     pub(crate) failures: Vec<(u32, DecodeError)>,
     pub(crate) source: &'static str,
     pub(crate) redelivery: Redelivery,
+    payload: Payload,
     /// Records to deliver again before any pipeline saw them (a claim check not yet there).
     pub(crate) retries: Vec<u32>,
 }
 
 impl Decoded {
-    fn with_capacity(source: &'static str, redelivery: Redelivery, n: usize) -> Self {
+    fn with_capacity(
+        source: &'static str,
+        redelivery: Redelivery,
+        payload: Payload,
+        n: usize,
+    ) -> Self {
         Decoded {
             records: Vec::with_capacity(n),
             units: Vec::with_capacity(n),
             failures: Vec::new(),
             source,
             redelivery,
+            payload,
             retries: Vec::new(),
         }
     }
@@ -239,10 +255,7 @@ impl Decoded {
     /// True for the sources whose records carry events (so may carry claim-check pointers);
     /// a DynamoDB change or an S3 notification is made into an event here, never a pointer.
     fn carries_events(&self) -> bool {
-        matches!(
-            self.source,
-            "from_kinesis" | "from_sqs" | "from_sns" | "from_eventbridge"
-        )
+        self.payload == Payload::Events
     }
 
     /// The units whose event is a claim-check pointer (a malformed one included), by position
@@ -262,7 +275,7 @@ impl Decoded {
     /// images do (a DynamoDB change of a row written encrypted).
     pub(crate) fn encrypted(&self) -> Vec<usize> {
         let has_eem = |v: Option<&Value>| v.is_some_and(|e| !e.is_null());
-        let rows = self.source == "from_dynamodb";
+        let rows = self.payload == Payload::Rows;
         if !rows && !self.carries_events() {
             return Vec::new();
         }
@@ -363,10 +376,11 @@ impl Decoded {
     fn each<R>(
         source: &'static str,
         redelivery: Redelivery,
+        payload: Payload,
         batch: Records<R>,
         mut decode: impl FnMut(&mut Decoded, R),
     ) -> Decoded {
-        let mut out = Decoded::with_capacity(source, redelivery, batch.records.len());
+        let mut out = Decoded::with_capacity(source, redelivery, payload, batch.records.len());
         for record in batch.records {
             match record {
                 Lenient::Parsed(r) => decode(&mut out, r),

@@ -21,6 +21,7 @@ pub fn from_s3(batch: impl Into<S3Records>) -> Decoded {
     Decoded::each(
         "from_s3",
         <super::S3 as super::Source>::REDELIVERY,
+        super::Payload::Notifications,
         batch.into(),
         |out, record| {
             let event = s3_event(&record);

@@ -15,6 +15,7 @@ pub fn from_sns(batch: impl Into<SnsRecords>) -> Decoded {
     Decoded::each(
         "from_sns",
         <super::Sns as super::Source>::REDELIVERY,
+        super::Payload::Events,
         batch.into(),
         |out, record| {
             let parsed = parse_event(

@@ -53,6 +53,7 @@ pub fn from_sqs(batch: impl Into<SqsRecords>) -> Decoded {
     Decoded::each(
         "from_sqs",
         <super::Sqs as super::Source>::REDELIVERY,
+        super::Payload::Events,
         batch.into(),
         |out, message| {
             let parsed = parse_body(&message);
@@ -111,6 +112,7 @@ pub fn from_sqs_sns_s3(batch: impl Into<SqsRecords>) -> Decoded {
     Decoded::each(
         "from_sqs_sns_s3",
         <super::SqsSnsS3 as super::Source>::REDELIVERY,
+        super::Payload::Notifications,
         batch.into(),
         |out, message| {
             let parsed = parse_s3_in_sns(message.body.as_deref().unwrap_or_default());
