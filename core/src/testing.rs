@@ -987,6 +987,66 @@ pub async fn create_table(prefix: &str) -> String {
     name
 }
 
+/// Creates a micro event store table (`pk`/`sk`, the `data` index as
+/// [`DATA_INDEX`](crate::flavors::DATA_INDEX), a NEW_AND_OLD_IMAGES stream) in the emulator;
+/// returns its name.
+pub async fn create_event_store(prefix: &str) -> String {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+        Projection, ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
+    };
+    let name = unique(prefix);
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let key = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    emulator().await;
+    crate::aws::dynamodb()
+        .await
+        .create_table()
+        .table_name(&name)
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .attribute_definitions(attr("data"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(crate::flavors::DATA_INDEX)
+                .key_schema(key("data", KeyType::Hash))
+                .key_schema(key("sk", KeyType::Range))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating table {name}: {e:?}"));
+    name
+}
+
 /// An EventBridge bus in the emulator with a rule delivering matching events to a new SQS
 /// queue (moto delivers to SQS targets, not to Kinesis or Lambda). Returns (bus, queue url).
 pub async fn bus_to_queue(prefix: &str, pattern: Value) -> (String, String) {

@@ -136,6 +136,7 @@ async fn get_delete_batch_get_query_and_transactions() {
         index: None,
         expression,
         page_size: Some(10),
+        consistent_read: true,
     };
     let rows = db.query(&q).await.unwrap();
     assert_eq!(rows.len(), 25);

@@ -148,6 +148,7 @@ async fn cdc_publishes_exactly_one_event_per_change_and_skips_latched_rows() {
             index: None,
             expression: e,
             page_size: None,
+            consistent_read: true,
         })
     });
     let handler = Handler::builder(MemoryFaults::default())

@@ -93,6 +93,8 @@ pub struct QueryRequest {
     pub expression: Expression,
     /// Items per page (`Limit`); every page is read either way.
     pub page_size: Option<i32>,
+    /// A strongly consistent read (tables only; an index is always eventually consistent).
+    pub consistent_read: bool,
 }
 
 fn item(v: &Value) -> Result<HashMap<String, AttributeValue>, StepError> {
@@ -300,6 +302,7 @@ impl DynamoDb {
             .set_expression_attribute_names(names(e))
             .set_expression_attribute_values(values(e)?)
             .set_limit(req.page_size)
+            .set_consistent_read(req.consistent_read.then_some(true))
             .into_paginator()
             .send();
         let mut out = Vec::new();

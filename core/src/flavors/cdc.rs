@@ -5,7 +5,7 @@ use serde_json::Value;
 use crate::connectors::{DynamoDb, EventBridge, Kinesis, QueryRequest};
 use crate::error::StepError;
 use crate::event::Event;
-use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline};
+use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline, Step};
 use crate::sinks::Publish;
 use crate::uow::UnitOfWork;
 
@@ -29,6 +29,18 @@ impl From<EventBridge> for Target {
 impl From<Kinesis> for Target {
     fn from(stream: Kinesis) -> Self {
         Target::Kinesis(stream)
+    }
+}
+
+/// Publishes each unit's event to the target (through [`Publish`]).
+impl Step<UnitOfWork<Event>> for Target {
+    type Output = UnitOfWork<()>;
+
+    fn attach(self, pipeline: Pipeline<UnitOfWork<Event>>) -> Pipeline<UnitOfWork<()>> {
+        match self {
+            Target::EventBridge(bus) => pipeline.pipe(Publish(bus)),
+            Target::Kinesis(stream) => pipeline.pipe(Publish(stream)),
+        }
     }
 }
 
@@ -121,9 +133,6 @@ where
                 let event = to_event(&uow, &rows)?;
                 Ok(uow.with(event))
             });
-        match self.target {
-            Target::EventBridge(bus) => events.pipe(Publish(bus)).into_pipeline(),
-            Target::Kinesis(stream) => events.pipe(Publish(stream)).into_pipeline(),
-        }
+        events.pipe(self.target).into_pipeline()
     }
 }

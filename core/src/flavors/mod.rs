@@ -3,8 +3,21 @@
 
 mod cdc;
 mod circuit_breaker;
+mod collect;
+mod correlate;
+mod evaluate;
+mod expired;
 mod materialize;
+mod store;
 
 pub use cdc::{Cdc, Target};
 pub use circuit_breaker::{ALARM_STATE_CHANGE, CircuitBreakerRule, SCHEDULED_EVENT};
+pub use collect::Collect;
+pub use correlate::Correlate;
+pub use evaluate::{Evaluate, Match, PublishEmitted, count_within};
+pub use expired::Expired;
 pub use materialize::Materialize;
+pub use store::{
+    COLLECTED, CORRELATION, Correlation, DATA_INDEX, DEFAULT_TTL, EMITTED, EventStore, Expire,
+    Kind, Stored, is_store_item,
+};
