@@ -49,6 +49,14 @@ pub enum ConfigError {
         "pipeline `{0}` groups or compacts, which cannot keep order per key across pipelines (in_key_order)"
     )]
     GathersInKeyOrder(String),
+    /// A function's own setting does not parse.
+    #[error("setting {name}: {reason}")]
+    Setting {
+        /// The environment variable.
+        name: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
 
 /// What one invocation knows about itself.

@@ -217,8 +217,10 @@ async fn evaluate_emits_each_match_exactly_once_in_any_order_of_arrival() {
     assert_eq!(a4["detail"]["thing"]["id"], "thing-A");
 }
 
+/// "Nothing for a minute": the latest event of each key in one item whose TTL moves with it;
+/// its expiry emits once, an expiry of no latest item (a delete by hand) emits nothing.
 #[tokio::test]
-async fn expired_emits_when_the_latest_event_of_a_key_expires() {
+async fn expired_emits_once_when_the_latest_event_of_a_key_expires() {
     let (bus_name, queue) = bus_to_queue("expired", json!({"detail-type": ["thing-stale"]})).await;
     let table = create_event_store("expired").await;
     let db = DynamoDb::shared().await;
@@ -229,49 +231,60 @@ async fn expired_emits_when_the_latest_event_of_a_key_expires() {
     })
     .await;
     let handler = trigger_handler(vec![
+        Correlate::new(
+            "correlate-activity",
+            ["thing-created", "thing-updated"],
+            store,
+        )
+        .suffix("activity")
+        .latest()
+        .ttl(Duration::from_secs(60))
+        .expire(Expire::As("thing-stale".into()))
+        .into_pipeline(),
         Expired::new("thing-stale", bus)
             .event_type(["thing-created", "thing-updated"])
-            .latest_only(store)
             .into_pipeline(),
     ]);
-    let item = |event: &Event, expire: Value| {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = |id: &str, s: i64| {
+        let mut e = updated(id, "thing-1", 0);
+        e.timestamp = now + s * 1000;
+        e
+    };
+    let collected = |e: &Event| {
         json!({
-            "pk": "thing-1.activity", "sk": event.id, "discriminator": "CORREL",
-            "timestamp": event.timestamp, "ttl": event.timestamp / 1000 + 60,
-            "expire": expire, "suffix": "activity",
-            "event": serde_json::to_value(event).unwrap(),
+            "pk": e.id, "sk": "EVENT", "discriminator": "EVENT", "timestamp": e.timestamp,
+            "data": "thing-1", "event": serde_json::to_value(e).unwrap(),
         })
     };
-    let (first, second) = (updated("u1", "thing-1", 0), updated("u2", "thing-1", 5));
-    let (first, second) = (
-        item(&first, json!("thing-stale")),
-        item(&second, json!("thing-stale")),
-    );
-    for row in [&first, &second] {
-        db.put(&table, row, None).await.unwrap();
+    // the latest (u2) arrives before an older one (u1), and twice; one from before the TTL
+    // (u0, two minutes old) would expire at once and is not kept
+    for e in [at("u2", 5), at("u1", 0), at("u2", 5), at("u0", -120)] {
+        handle_changes(&handler, &[Change::insert(collected(&e))]).await;
     }
-    // the first expires while the second is stored: nothing happened for a minute is not true
-    db.delete(&table, &json!({"pk": "thing-1.activity", "sk": "u1"}))
-        .await
-        .unwrap();
-    handle_changes(&handler, &[Change::expire(first.clone())]).await;
+    let rows = scan(&table).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let latest = rows[0].clone();
+    assert_eq!(
+        (latest["pk"].as_str(), latest["sk"].as_str()),
+        (Some("thing-1.activity"), Some("LATEST"))
+    );
+    assert_eq!(latest["event"]["id"], "u2");
+    assert_eq!(latest["ttl"], (now + 5_000) / 1000 + 60);
+
     // a delete by hand before the TTL is no expiry
-    handle_changes(
-        &handler,
-        &[Change::remove(item(
-            &updated("u0", "thing-1", 9_999_999),
-            json!(true),
-        ))],
-    )
-    .await;
+    handle_changes(&handler, &[Change::remove(latest.clone())]).await;
     assert!(drain_queue(&queue).await.is_empty());
 
-    db.delete(&table, &json!({"pk": "thing-1.activity", "sk": "u2"}))
+    // expired, and the record delivered twice: the same event (by the record's id)
+    db.delete(&table, &json!({"pk": "thing-1.activity", "sk": "LATEST"}))
         .await
         .unwrap();
-    // delivered twice: the same event (by the record's id)
     for _ in 0..2 {
-        handle_changes(&handler, &[Change::expire(second.clone())]).await;
+        handle_changes(&handler, &[Change::expire(latest.clone())]).await;
     }
     let delivered = drain_queue(&queue).await;
     assert_eq!(delivered.len(), 2);
@@ -279,7 +292,10 @@ async fn expired_emits_when_the_latest_event_of_a_key_expires() {
     let stale = &delivered[0]["detail"];
     assert_eq!(stale["type"], "thing-stale");
     assert_eq!(stale["partitionKey"], "thing-1");
-    assert_eq!(stale["timestamp"], (T0 + 5_000) + 60_000);
+    assert_eq!(
+        stale["timestamp"],
+        ((now + 5_000) / 1000 + 60) * 1000 + (now + 5_000) % 1000
+    );
     assert_eq!(stale["triggers"][0]["id"], "u2");
     assert_eq!(stale["thing"]["id"], "thing-1");
 }

@@ -10,6 +10,7 @@ use crate::sinks::Publish;
 use crate::uow::UnitOfWork;
 
 type Query = Arc<dyn Fn(&UnitOfWork) -> Option<QueryRequest> + Send + Sync>;
+type Filter = Arc<dyn Fn(&UnitOfWork) -> bool + Send + Sync>;
 
 /// Where a [`Cdc`] rule publishes.
 #[derive(Debug, Clone)]
@@ -71,6 +72,7 @@ pub struct Cdc<F> {
     to_event: F,
     target: Target,
     query: Option<(DynamoDb, Query)>,
+    when: Vec<Filter>,
 }
 
 impl<F> Cdc<F>
@@ -90,7 +92,16 @@ where
             to_event,
             target: target.into(),
             query: None,
+            when: Vec::new(),
         }
+    }
+
+    /// Only the changes `filter` accepts (aws-lambda-stream's rule `filters`), e.g. not the
+    /// items of a micro event store sharing the table:
+    /// `.when(|uow| !lambda_stream::flavors::is_store_item(uow))`.
+    pub fn when(mut self, filter: impl Fn(&UnitOfWork) -> bool + Send + Sync + 'static) -> Self {
+        self.when.push(Arc::new(filter));
+        self
     }
 
     /// Queries related rows first (all pages); `query` returns `None` where none are needed.
@@ -111,9 +122,13 @@ where
     fn into_pipeline(self) -> AssembledPipeline {
         let to_event = self.to_event;
         let query = self.query;
-        let events = Pipeline::new(self.id)
+        let mut rule = Pipeline::new(self.id)
             .on_event_type(self.event_type)
-            .on(|uow| !uow.is_latched())
+            .on(|uow| !uow.is_latched());
+        for filter in self.when {
+            rule = rule.on(move |uow| filter(uow));
+        }
+        let events = rule
             .then(move |uow: UnitOfWork| {
                 let query = query.clone();
                 async move {

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use super::store::{self, CORRELATION, EventStore, Expire, ttl_after};
 use crate::error::StepError;
 use crate::event::Event;
-use crate::expressions::pk_condition;
+use crate::expressions::{Expression, pk_condition};
 use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline};
 use crate::sinks::{Put, PutRequest};
 use crate::uow::UnitOfWork;
@@ -25,6 +25,9 @@ type KeyFn = Arc<dyn Fn(&Event) -> Option<String> + Send + Sync>;
 /// - The TTL is the collected item's unless [`ttl`](Self::ttl) sets one; with
 ///   [`expire`](Self::expire), the item's expiry emits an event through [`Expired`](super::Expired).
 /// - Idempotent: one item per key and event id; a repeat is skipped as a success.
+/// - With [`latest`](Self::latest), one item per key holding its latest event (sort key
+///   [`LATEST`]): its TTL moves with each later event, so its expiry means "nothing for that
+///   long", once per quiet spell (an older event arriving later is skipped).
 ///
 /// ```
 /// # async fn example() {
@@ -47,7 +50,11 @@ pub struct Correlate {
     suffix: Option<String>,
     ttl: Option<Duration>,
     expire: Option<Expire>,
+    latest: bool,
 }
+
+/// The sort key of a [`Correlate::latest`] item.
+pub const LATEST: &str = "LATEST";
 
 impl Correlate {
     /// A rule correlating collected events of `event_type` by their `partitionKey`.
@@ -60,7 +67,15 @@ impl Correlate {
             suffix: None,
             ttl: None,
             expire: None,
+            latest: false,
         }
+    }
+
+    /// Keeps one item per key, holding its latest event by timestamp: the basis of "nothing
+    /// happened for a while" with [`expire`](Self::expire) and [`Expired`](super::Expired).
+    pub fn latest(mut self) -> Self {
+        self.latest = true;
+        self
     }
 
     /// The correlation key of an event (`None`: the event is faulted).
@@ -88,6 +103,34 @@ impl Correlate {
     }
 }
 
+fn expires_after_now(uow: &UnitOfWork, ttl: Option<Duration>) -> bool {
+    let Some(image) = store::image(uow, "new") else {
+        return true;
+    };
+    let expires = match ttl {
+        Some(after) => image
+            .get("timestamp")
+            .and_then(Value::as_i64)
+            .map(|ts| ttl_after(ts, after)),
+        None => image.get("ttl").and_then(Value::as_i64),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    expires.is_none_or(|t| t > now)
+}
+
+/// The latest item is replaced only by a later event; an earlier or equal one is skipped.
+fn newer_condition(timestamp: i64) -> Expression {
+    let mut e = Expression::default();
+    e.names.insert("#pk".into(), "pk".into());
+    e.names.insert("#ts".into(), "timestamp".into());
+    e.values.insert(":ts".into(), json!(timestamp));
+    e.condition = Some("attribute_not_exists(#pk) OR #ts < :ts".into());
+    e.stale_on_condition_failure = true;
+    e
+}
+
 impl IntoPipeline for Correlate {
     fn into_pipeline(self) -> AssembledPipeline {
         let Correlate {
@@ -98,6 +141,7 @@ impl IntoPipeline for Correlate {
             suffix,
             ttl,
             expire,
+            latest,
         } = self;
         let rule_id = id.clone();
         let expire = expire.map(|e| e.to_value());
@@ -109,6 +153,11 @@ impl IntoPipeline for Correlate {
                         image.get("sk").and_then(Value::as_str) == Some(store::COLLECTED)
                             && store::stored_type(image).is_some_and(|t| event_type.matches(t))
                     })
+            })
+            .filter(move |uow: &UnitOfWork| {
+                // a latest item already past its TTL would expire at once, announcing a quiet
+                // spell that a later event (stored, then expired) has already announced
+                !latest || expires_after_now(uow, ttl)
             })
             .map(move |uow: UnitOfWork| {
                 let image = store::image(&uow, "new")
@@ -130,7 +179,14 @@ impl IntoPipeline for Correlate {
                 };
                 let mut item = Map::new();
                 item.insert("pk".into(), Value::String(pk));
-                item.insert("sk".into(), json!(event.id));
+                item.insert(
+                    "sk".into(),
+                    if latest {
+                        json!(LATEST)
+                    } else {
+                        json!(event.id)
+                    },
+                );
                 item.insert("discriminator".into(), json!(CORRELATION));
                 item.insert("timestamp".into(), json!(event.timestamp));
                 if let Some(seq) = image.get("sequenceNumber") {
@@ -154,10 +210,15 @@ impl IntoPipeline for Correlate {
                     "event".into(),
                     image.get("event").cloned().unwrap_or_default(),
                 );
+                let condition = if latest {
+                    newer_condition(event.timestamp)
+                } else {
+                    pk_condition("pk")
+                };
                 let request = PutRequest {
                     table: None,
                     item: Value::Object(item),
-                    condition: Some(pk_condition("pk")),
+                    condition: Some(condition),
                 };
                 Ok(uow.with(request))
             })

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::cdc::Target;
-use super::store::{self, EventStore};
+use super::store;
 use crate::error::StepError;
 use crate::event::Event;
 use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline};
@@ -16,22 +16,20 @@ use crate::uow::UnitOfWork;
 /// `-expired`), the TTL as its time and `triggers: [the stored event]`.
 ///
 /// - Only removals at or after the item's TTL count (a delete by hand is not an expiry).
-/// - With [`latest_only`](Self::latest_only), an expiry emits only when no later event is
-///   stored under the same key: "nothing happened for N days" rather than "N days after
-///   each event".
+/// - For "nothing happened for N days" rather than "N days after each event", expire the
+///   items of a [`Correlate::latest`](super::Correlate::latest) rule: one per key, its TTL
+///   moved by each later event. (Asking the store at expiry whether a later event exists
+///   would not do: DynamoDB removes items that expire close together in one sweep.)
 /// - The REMOVE record's id names the event, so a redelivered record publishes the same event.
 ///
 /// ```
 /// # async fn example() {
-/// use lambda_stream::connectors::{DynamoDb, EventBridge};
-/// use lambda_stream::flavors::{EventStore, Expired};
+/// use lambda_stream::connectors::EventBridge;
+/// use lambda_stream::flavors::Expired;
 /// use lambda_stream::Settings;
 ///
-/// let store = EventStore::new(DynamoDb::shared().await, "my-service-events");
 /// let bus = EventBridge::from_settings(&Settings::default()).await;
-/// let rule = Expired::new("thing-stale", bus)
-///     .event_type(["thing-created", "thing-updated"])
-///     .latest_only(store);
+/// let rule = Expired::new("thing-stale", bus).event_type(["thing-created", "thing-updated"]);
 /// # let _ = rule;
 /// # }
 /// ```
@@ -39,7 +37,6 @@ pub struct Expired {
     id: String,
     event_type: EventType,
     target: Target,
-    latest_only: Option<EventStore>,
 }
 
 impl Expired {
@@ -49,19 +46,12 @@ impl Expired {
             id: id.into(),
             event_type: EventType::Any,
             target: target.into(),
-            latest_only: None,
         }
     }
 
     /// Only expiries of stored events of `event_type`.
     pub fn event_type(mut self, event_type: impl Into<EventType>) -> Self {
         self.event_type = event_type.into();
-        self
-    }
-
-    /// Only when no later event is stored under the key in `store`.
-    pub fn latest_only(mut self, store: EventStore) -> Self {
-        self.latest_only = Some(store);
         self
     }
 }
@@ -115,7 +105,6 @@ fn expired_event(uow: &UnitOfWork) -> Result<Event, StepError> {
 impl IntoPipeline for Expired {
     fn into_pipeline(self) -> AssembledPipeline {
         let event_type = self.event_type;
-        let latest_only = self.latest_only;
         Pipeline::new(self.id)
             .on(move |uow| {
                 is_expiry(uow)
@@ -123,29 +112,10 @@ impl IntoPipeline for Expired {
                         .and_then(store::stored_type)
                         .is_some_and(|t| event_type.matches(t))
             })
-            .then(move |uow: UnitOfWork| {
-                let store = latest_only.clone();
-                async move {
-                    let event = expired_event(&uow)?;
-                    if let Some(store) = store {
-                        let image = store::image(&uow, "old")
-                            .ok_or_else(|| StepError::poison_msg("not a stored event"))?;
-                        let stored = store::stored(image)?;
-                        let own = (stored.event.timestamp, &stored.event.id);
-                        let later = store
-                            .correlated(&stored.correlation)
-                            .await?
-                            .iter()
-                            .any(|e| (e.timestamp, &e.id) > own);
-                        if later {
-                            return Ok(uow.with(None));
-                        }
-                    }
-                    Ok::<_, StepError>(uow.with(Some(event)))
-                }
+            .map(|uow: UnitOfWork| {
+                let event = expired_event(&uow)?;
+                Ok(uow.with(event))
             })
-            .filter(|uow: &UnitOfWork<Option<Event>>| uow.state.is_some())
-            .map(|uow: UnitOfWork<Option<Event>>| Ok(uow.map_state(Option::unwrap_or_default)))
             .pipe(self.target)
             .into_pipeline()
     }

@@ -13,7 +13,7 @@ mod store;
 pub use cdc::{Cdc, Target};
 pub use circuit_breaker::{ALARM_STATE_CHANGE, CircuitBreakerRule, SCHEDULED_EVENT};
 pub use collect::Collect;
-pub use correlate::Correlate;
+pub use correlate::{Correlate, LATEST};
 pub use evaluate::{Evaluate, Match, PublishEmitted, count_within};
 pub use expired::Expired;
 pub use materialize::Materialize;
