@@ -32,6 +32,7 @@ pub mod runtime;
 pub mod spec;
 pub mod stack;
 pub mod template;
+pub mod ttl;
 
 use std::fmt::Debug;
 

@@ -32,6 +32,10 @@ struct Cli {
     /// a fresh `demo-<id>` for `demo`).
     #[arg(long, global = true)]
     stack: Option<String>,
+    /// A template parameter for this run, `Name=value` (repeatable), as
+    /// `sam deploy --parameter-overrides`; local runs set `StaleAfterSeconds=20` unless told.
+    #[arg(long = "parameter", global = true, value_parser = parameter)]
+    parameters: Vec<(String, String)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,17 +161,19 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Up { port, run } => {
-                let opts = options(
+                let mut opts = options(
                     &cli.template,
                     cli.stack.as_deref().unwrap_or("local"),
                     port,
                     run,
                 );
+                opts.parameters = cli.parameters;
                 up(&opts).await
             }
             Command::Demo { wait, run } => {
                 let stack = cli.stack.unwrap_or_else(|| fresh("demo"));
                 let mut opts = options(&cli.template, &stack, 0, run);
+                opts.parameters = cli.parameters;
                 let (op, text) = demo::ALWAYS_THROTTLED;
                 opts.always_throttle.push((op.to_owned(), text.to_owned()));
                 run_demo(&opts, Duration::from_secs(wait)).await
@@ -188,7 +194,9 @@ fn main() -> ExitCode {
                     seed: workload_seed,
                     wait: Duration::from_secs(wait),
                 };
-                run_load(&options(&cli.template, &stack, 0, run), &settings).await
+                let mut opts = options(&cli.template, &stack, 0, run);
+                opts.parameters = cli.parameters;
+                run_load(&opts, &settings).await
             }
             Command::Replay {
                 function,
@@ -224,6 +232,12 @@ fn fresh(prefix: &str) -> String {
     )
 }
 
+fn parameter(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{text}`: expected Name=value"))
+}
+
 fn options(template: &Path, stack: &str, port: u16, run: Run) -> Options {
     let root = template
         .parent()
@@ -239,6 +253,7 @@ fn options(template: &Path, stack: &str, port: u16, run: Run) -> Options {
         http_instances: run.instances.max(1),
         chaos: (run.chaos > 0.0).then_some((run.chaos, run.seed)),
         always_throttle: Vec::new(),
+        parameters: Vec::new(),
     }
 }
 

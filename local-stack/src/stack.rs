@@ -47,7 +47,14 @@ pub struct Options {
     /// Writes throttled for good: (operation, text in the request), e.g.
     /// `("DynamoDB.PutItem", "\"thing-5\"")` (see [`Chaos::always_throttle`]).
     pub always_throttle: Vec<(String, String)>,
+    /// Template parameters set for this run, after [`LOCAL_PARAMETERS`] (as
+    /// `sam deploy --parameter-overrides` would).
+    pub parameters: Vec<(String, String)>,
 }
+
+/// Parameters a local run sets unless told otherwise: time-based rules shortened so that a
+/// demo sees them fire (a thing is stale after 20 seconds, not 7 days).
+pub const LOCAL_PARAMETERS: &[(&str, &str)] = &[("StaleAfterSeconds", "20")];
 
 /// A running local stack.
 pub struct Stack {
@@ -132,7 +139,22 @@ impl Stack {
             .region()
             .map_or("us-east-1".to_owned(), |r| r.to_string());
         let clients = Clients::new(&config);
-        let template = Template::load(&opts.template)?;
+        let mut template = Template::load(&opts.template)?;
+        let overrides = LOCAL_PARAMETERS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain(opts.parameters.iter().cloned());
+        for (name, value) in overrides {
+            match template.parameters.get_mut(&name) {
+                Some(v) => *v = value,
+                None if opts.parameters.iter().any(|(k, _)| *k == name) => {
+                    return Err(Error::Template(format!(
+                        "no parameter {name} in the template"
+                    )));
+                }
+                None => {}
+            }
+        }
 
         progress("provisioning the template's resources in the emulator");
         let mut provisioned = provision(&template, &opts.stack, &region, &clients).await?;
@@ -260,6 +282,11 @@ impl Stack {
                     EventSource::Http { .. } => {}
                 }
             }
+        }
+        let expiring = crate::ttl::tables(&template, &provisioned.names)?;
+        if !expiring.is_empty() {
+            let (db, stopped) = (clients.dynamodb.clone(), stopped.clone());
+            tasks.push(tokio::spawn(crate::ttl::run(db, expiring, stopped)));
         }
         routes.extend(provisioned.routes.iter().cloned());
         provisioned.routes = routes.clone();
