@@ -5,8 +5,13 @@
 //! on one thing (update, delete, rename of the deleted thing, create again). They flow through the
 //! commands table's stream (event-processor), the events table's stream (trigger), the bus and
 //! its rule to Kinesis (listener) into the views table; the rejected ones become fault events
-//! that the fault monitor stores in S3. The demo waits for the views, prints what happened and
-//! succeeds only if every view is what the commands imply.
+//! that the fault monitor stores in S3. The listener also collects every thing event into its
+//! event store, whose stream the trigger evaluates: thing-1, updated three times within a
+//! minute, is `thing-hot` once; every thing whose latest event is no deletion goes
+//! `thing-stale` once after `StaleAfterSeconds` (20 locally), and both higher-order events come
+//! back through the bus to the store. The demo waits for the views and those events, prints
+//! what happened and succeeds only if every view and every higher-order event is what the
+//! commands imply.
 //!
 //! One thing, `thing-5`, has a view write that always fails transiently (the local stack
 //! throttles it for good, [`ALWAYS_THROTTLED`]): the listener retries it
@@ -33,7 +38,9 @@ use crate::stack::Stack;
 pub const BREAKER_BATCH_SIZE: usize = 10;
 
 /// The write the stack throttles for good: the view of `thing-5`.
-pub const ALWAYS_THROTTLED: (&str, &str) = ("DynamoDB.PutItem", "\"thing-5\"");
+/// (The view row is the one item keyed by the thing's bare id; the event store's items of
+/// thing-5 are written.)
+pub const ALWAYS_THROTTLED: (&str, &str) = ("DynamoDB.PutItem", r#""pk":{"S":"thing-5"}"#);
 
 /// One request the demo sends.
 #[derive(Debug, Clone)]
@@ -171,6 +178,16 @@ pub fn steps() -> Vec<Step> {
                 json!({"id": "thing-1", "color": "yellow"}),
             ),
         ),
+        // the third update of thing-1 within a minute: thing-hot
+        ok(
+            "update thing-1 again",
+            command(
+                "thing",
+                "update-thing",
+                "r-9b",
+                json!({"id": "thing-1", "color": "orange"}),
+            ),
+        ),
         ok(
             "delete thing-1",
             command("thing", "delete-thing", "r-10", json!({"id": "thing-1"})),
@@ -211,9 +228,62 @@ pub fn expected_views() -> BTreeMap<&'static str, Expected> {
     ])
 }
 
-/// Domain events the steps imply: thing-1 created, updated twice, deleted and created again;
-/// thing-2 created and updated; thing-3 created and deleted; thing-5 created.
-pub const EXPECTED_EVENTS: usize = 10;
+/// Domain events the steps imply: thing-1 created, updated three times, deleted and created
+/// again; thing-2 created and updated; thing-3 created and deleted; thing-5 created.
+pub const EXPECTED_EVENTS: usize = 11;
+
+/// Higher-order events the steps imply, by thing: thing-1 is hot once (three updates within a
+/// minute); thing-1 (created again), thing-2 (updated) and thing-5 (created) go stale, thing-3
+/// (deleted) does not.
+pub fn expected_higher_order() -> BTreeMap<(&'static str, &'static str), usize> {
+    BTreeMap::from([
+        (("thing-hot", "thing-1"), 1),
+        (("thing-stale", "thing-1"), 1),
+        (("thing-stale", "thing-2"), 1),
+        (("thing-stale", "thing-5"), 1),
+    ])
+}
+
+/// The higher-order events collected in the event store, counted by (type, thing).
+pub fn higher_order(store_rows: &[Value]) -> BTreeMap<(String, String), usize> {
+    let mut found = BTreeMap::new();
+    for row in store_rows.iter().filter(|r| r["sk"] == "EVENT") {
+        let event = &row["event"];
+        let kind = event["type"].as_str().unwrap_or_default();
+        if kind == "thing-hot" || kind == "thing-stale" {
+            let thing = event["partitionKey"].as_str().unwrap_or_default();
+            *found
+                .entry((kind.to_owned(), thing.to_owned()))
+                .or_default() += 1;
+        }
+    }
+    found
+}
+
+fn higher_order_match(found: &BTreeMap<(String, String), usize>) -> Vec<String> {
+    let expected: BTreeMap<(String, String), usize> = expected_higher_order()
+        .into_iter()
+        .map(|((k, t), n)| ((k.to_owned(), t.to_owned()), n))
+        .collect();
+    let mut problems = Vec::new();
+    for key in expected
+        .keys()
+        .chain(found.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let (want, got) = (
+            expected.get(key).copied().unwrap_or(0),
+            found.get(key).copied().unwrap_or(0),
+        );
+        if want != got {
+            problems.push(format!(
+                "{} of {}: {got} collected, expected {want}",
+                key.0, key.1
+            ));
+        }
+    }
+    problems
+}
 /// Faults the steps imply: the unknown command, the create without a name, the rename of the
 /// deleted thing-1, and thing-5's view, which could never be written.
 pub const EXPECTED_FAULTS: usize = 4;
@@ -283,42 +353,51 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
 
     let names = &stack.provisioned.names;
     let table = |id: &str| names.get_ref(id).unwrap_or_default().to_owned();
-    let (events_table, views_table, bucket) = (
+    let (events_table, views_table, store_table, bucket) = (
         table("EventsTable"),
         table("ViewsTable"),
+        table("EventStoreTable"),
         table("FaultsBucket"),
     );
     let store = S3::new(stack.clients.s3.clone(), bucket);
     let expected = expected_views();
 
     println!(
-        "\n== Waiting for the flow: command-intake → event-processor → trigger → bus → Kinesis → listener → views"
+        "\n== Waiting for the flow: command-intake → event-processor → trigger → bus → Kinesis → listener → views,\n   and listener → event store → trigger (thing-hot, thing-stale after {}s) → bus → Kinesis → listener",
+        crate::stack::LOCAL_PARAMETERS
+            .iter()
+            .find(|(k, _)| *k == "StaleAfterSeconds")
+            .map_or("?", |(_, v)| v)
     );
     let started = Instant::now();
     let mut last_line = String::new();
-    let (events, views, faults) = loop {
+    let (events, views, faults, signals) = loop {
         // the event log also holds each stream's snapshot and its rejections
         let mut events = scan(stack, &events_table).await?;
         events.retain(|e| e["discriminator"] == "event");
         let views = scan(stack, &views_table).await?;
         let faults = stored_faults(&store).await?;
+        let signals = higher_order(&scan(stack, &store_table).await?);
         let done = events.len() >= EXPECTED_EVENTS
             && faults.len() >= EXPECTED_FAULTS
-            && views_match(&expected, &views).is_empty();
+            && views_match(&expected, &views).is_empty()
+            && higher_order_match(&signals).is_empty();
         let line = format!(
-            "  {:>5.1}s  events {}/{EXPECTED_EVENTS}  views {}/{}  faults {}/{EXPECTED_FAULTS}",
+            "  {:>5.1}s  events {}/{EXPECTED_EVENTS}  views {}/{}  faults {}/{EXPECTED_FAULTS}  higher-order {}/{}",
             started.elapsed().as_secs_f64(),
             events.len(),
             views.len(),
             expected.len(),
-            faults.len()
+            faults.len(),
+            signals.values().sum::<usize>(),
+            expected_higher_order().values().sum::<usize>()
         );
         if line[9..] != *last_line.get(9..).unwrap_or_default() || done {
             println!("{line}");
             last_line = line;
         }
         if done || started.elapsed() > wait {
-            break (events, views, faults);
+            break (events, views, faults, signals);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -333,6 +412,10 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
             event["type"].as_str().unwrap_or("?"),
             event["thing"]
         );
+    }
+    println!("\n== Higher-order events collected in the event store");
+    for ((kind, thing), n) in &signals {
+        println!("  {kind:<12} {thing:<8} {n}");
     }
     println!("\n== Views ({})", views.len());
     for v in &views {
@@ -404,6 +487,7 @@ pub async fn run(stack: &Stack, wait: Duration) -> Result<Report, Error> {
         ));
     }
     report.problems.extend(views_match(&expected, &views));
+    report.problems.extend(higher_order_match(&signals));
     Ok(report)
 }
 

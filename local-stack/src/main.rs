@@ -388,7 +388,7 @@ async fn run_demo(opts: &Options, wait: Duration) -> ExitCode {
     match report {
         report if report.problems.is_empty() => {
             println!(
-                "\nRESULT: OK - every view matches what the commands imply ({elapsed:.1}s); function logs in {}",
+                "\nRESULT: OK - every view and higher-order event matches what the commands imply ({elapsed:.1}s); function logs in {}",
                 opts.log_dir.display()
             );
             ExitCode::SUCCESS

@@ -1,5 +1,6 @@
 //! The demo, end to end, as `make demo` runs it (run with `make test`): builds and runs the six
-//! functions against the emulator and exits 0 only if the views match the commands.
+//! functions against the emulator and exits 0 only if the views and higher-order events match
+//! the commands.
 
 use std::process::Command;
 
@@ -16,7 +17,7 @@ fn the_demo_materializes_exactly_the_views_the_commands_imply() {
     assert!(out.status.success(), "demo failed\n{stdout}\n{stderr}");
     assert!(stdout.contains("RESULT: OK"), "{stdout}");
     assert!(
-        stdout.contains("13 accepted, 3 rejected with 400, 1 duplicate"),
+        stdout.contains("14 accepted, 3 rejected with 400, 1 duplicate"),
         "{stdout}"
     );
     // thing-5's view write always fails: faulted with its data after its attempts, while the
@@ -25,7 +26,7 @@ fn the_demo_materializes_exactly_the_views_the_commands_imply() {
         stdout.contains("thing-5: faulted after its attempts with its record"),
         "{stdout}"
     );
-    assert!(stdout.contains("view writes sent 9 "), "{stdout}");
+    assert!(stdout.contains("view writes sent 10 "), "{stdout}");
     // and the listener's circuit breaker lowered its own mapping's batch size on the way
     assert!(
         stdout.contains("mapping Enabled, batch size 10"),
@@ -35,6 +36,16 @@ fn the_demo_materializes_exactly_the_views_the_commands_imply() {
         stdout.contains("== Faults stored in") && stdout.contains("InvalidCommand"),
         "{stdout}"
     );
+    // complex event processing: thing-1 hot once, thing-1, -2 and -5 stale once each
+    for line in [
+        "thing-hot    thing-1  1",
+        "thing-stale  thing-1  1",
+        "thing-stale  thing-2  1",
+        "thing-stale  thing-5  1",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+    assert!(!stdout.contains("thing-stale  thing-3"), "{stdout}");
 }
 
 #[test]

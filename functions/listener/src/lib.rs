@@ -12,6 +12,7 @@ use lambda_stream::breaker::CircuitBreaker;
 use lambda_stream::connectors::{DynamoDb, EventBridge, EventBridgeFaults, Lambda, S3};
 use lambda_stream::expressions::{ttl, version_condition};
 use lambda_stream::faults::FaultPublisher;
+use lambda_stream::flavors::{Collect, EventStore};
 use lambda_stream::idempotency::Idempotency;
 use lambda_stream::sinks::{Put, PutRequest};
 use lambda_stream::{
@@ -67,16 +68,29 @@ pub fn to_put_request(uow: &UnitOfWork) -> Result<PutRequest, StepError> {
     })
 }
 
+/// Thing events the listener collects into its event store, for the trigger's complex event
+/// processing (`thing-hot`, `thing-stale`); the higher-order events themselves are collected
+/// too, so the store holds a thing's whole story.
+pub const COLLECTED: [&str; 5] = [
+    "thing-created",
+    "thing-updated",
+    "thing-deleted",
+    "thing-hot",
+    "thing-stale",
+];
+
 /// The handler: views into `table`, one pipeline for live things and one for deleted ones,
 /// a key's events applied one at a time across both (`in_key_order`). With an idempotency
 /// table in the settings, both are guarded: a redelivered event already applied is skipped
 /// without a write, and one that keeps failing is faulted with its data after
-/// `IDEMPOTENCY_MAX_ATTEMPTS` attempts.
+/// `IDEMPOTENCY_MAX_ATTEMPTS` attempts. With an event `store`, the [`COLLECTED`] events are
+/// collected into it (idempotent by event id, so unguarded).
 pub fn handler(
     settings: &Settings,
     db: DynamoDb,
     table: &str,
     faults: impl FaultPublisher + 'static,
+    store: Option<EventStore>,
 ) -> Result<Handler, ConfigError> {
     let guard = Idempotency::from_settings(settings, &db);
     let view = |id: &str, types: &[&str], db: DynamoDb| {
@@ -93,7 +107,7 @@ pub fn handler(
             None => p,
         }
     };
-    Handler::builder(faults)
+    let mut builder = Handler::builder(faults)
         .settings(settings)
         .in_key_order()
         .pipeline(view(
@@ -101,18 +115,27 @@ pub fn handler(
             &["thing-created", "thing-updated"],
             db.clone(),
         ))
-        .pipeline(view("thing-deleted", &["thing-deleted"], db))
-        .build()
+        .pipeline(view("thing-deleted", &["thing-deleted"], db));
+    if let Some(store) = store {
+        builder = builder.pipeline(Collect::new("collect-things", COLLECTED.to_vec(), store));
+    }
+    builder.build()
 }
 
-/// The handler as deployed: `VIEWS_TABLE` (else `ENTITY_TABLE_NAME`), faults to `BUS_NAME`
+/// The handler as deployed: `VIEWS_TABLE` (else `ENTITY_TABLE_NAME`), `EVENT_STORE_TABLE`
+/// (when set) for the event store, faults to `BUS_NAME`
 /// (and `FAULTS_BUCKET` for faults too large or rejected), and the circuit breaker the
 /// `CIRCUIT_BREAKER_*` settings describe.
 pub async fn from_env() -> Result<Handler, ConfigError> {
     let settings = Settings::from_env();
     let table = std::env::var("VIEWS_TABLE").unwrap_or_else(|_| settings.entity_table.clone());
     let faults = EventBridgeFaults(EventBridge::from_settings(&settings).await);
-    let mut handler = handler(&settings, DynamoDb::shared().await, &table, faults)?;
+    let db = DynamoDb::shared().await;
+    let store = std::env::var("EVENT_STORE_TABLE")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| EventStore::new(db.clone(), t));
+    let mut handler = handler(&settings, db, &table, faults, store)?;
     if let Some(store) = S3::faults(&settings).await {
         handler = handler.with_fault_store(store);
     }

@@ -28,6 +28,7 @@ async fn materializes_the_sample_and_faults_the_poison_record() {
         DynamoDb::shared().await,
         &table,
         faults.clone(),
+        None,
     )
     .unwrap();
     let ctx = context(Duration::from_secs(30));
@@ -150,6 +151,7 @@ async fn every_order_gives_the_same_view(settings: &Settings) {
         DynamoDb::shared().await,
         &table,
         MemoryFaults::default(),
+        None,
     )
     .unwrap();
     let ctx = context(Duration::from_secs(30));
@@ -212,6 +214,7 @@ async fn a_delete_marks_the_row_and_sets_its_ttl_and_older_versions_do_not_resur
         DynamoDb::shared().await,
         &table,
         MemoryFaults::default(),
+        None,
     )
     .unwrap();
     let ctx = context(Duration::from_secs(30));
@@ -242,6 +245,7 @@ async fn garbage_records_are_faults_not_panics() {
         DynamoDb::shared().await,
         &table,
         faults.clone(),
+        None,
     )
     .unwrap();
     let mut event: serde_json::Value =

@@ -27,6 +27,7 @@ async fn publishes_each_appended_event_once_and_faults_an_item_without_one() {
         &Settings::default(),
         EventBridge::new(aws::eventbridge().await.clone(), &bus),
         faults.clone(),
+        None,
     )
     .unwrap();
     let response = handler
