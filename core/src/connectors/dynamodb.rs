@@ -97,6 +97,31 @@ pub struct QueryRequest {
     pub consistent_read: bool,
 }
 
+/// One page of a query (with a key condition) or a scan (without), from a cursor: what a job
+/// works through across invocations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PageRequest {
+    /// The table.
+    pub table: String,
+    /// An index, if any.
+    pub index: Option<String>,
+    /// The key condition of a query; `None` scans.
+    pub key_condition: Option<Expression>,
+    /// Items per page (`Limit`).
+    pub limit: Option<i32>,
+    /// Where to start (a previous page's [`Page::next`]); `None` from the beginning.
+    pub start: Option<Value>,
+}
+
+/// One page read: its items and where the next page starts (`None`: this was the last).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page {
+    /// The items, as JSON.
+    pub items: Vec<Value>,
+    /// The cursor of the next page (DynamoDB's `LastEvaluatedKey`, as JSON).
+    pub next: Option<Value>,
+}
+
 fn item(v: &Value) -> Result<HashMap<String, AttributeValue>, StepError> {
     dynamo::to_item(v).map_err(StepError::from)
 }
@@ -312,6 +337,50 @@ impl DynamoDb {
             }
         }
         Ok(out)
+    }
+
+    /// Reads one page of a query or scan.
+    pub async fn page(&self, req: &PageRequest) -> Result<Page, StepError> {
+        let start = req.start.as_ref().map(item).transpose()?;
+        let (items, next) = match &req.key_condition {
+            Some(e) => {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&req.table)
+                    .set_index_name(req.index.clone())
+                    .set_key_condition_expression(e.condition.clone())
+                    .set_expression_attribute_names(names(e))
+                    .set_expression_attribute_values(values(e)?)
+                    .set_limit(req.limit)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                (out.items, out.last_evaluated_key)
+            }
+            None => {
+                let out = self
+                    .client
+                    .scan()
+                    .table_name(&req.table)
+                    .set_index_name(req.index.clone())
+                    .set_limit(req.limit)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                (out.items, out.last_evaluated_key)
+            }
+        };
+        Ok(Page {
+            items: items
+                .unwrap_or_default()
+                .into_iter()
+                .map(to_json)
+                .collect::<Result<_, _>>()?,
+            next: next.filter(|k| !k.is_empty()).map(to_json).transpose()?,
+        })
     }
 
     /// Writes items in one transaction, telling a cancellation (with each item's reason, in

@@ -12,11 +12,14 @@ mod sqs;
 mod wire;
 
 pub use batching::{BatchApi, BatchLimits, EntryResult, Publishable, publish_all};
-pub use dynamodb::{DynamoDb, QueryRequest, Transacted, UpdateRequest, Written, put_transact_item};
+pub use dynamodb::{
+    DynamoDb, Page, PageRequest, QueryRequest, Transacted, UpdateRequest, Written,
+    put_transact_item,
+};
 pub use eventbridge::{EVENTBRIDGE_LIMITS, EventBridge, EventBridgeFaults};
 pub use kinesis::{KINESIS_LIMITS, Kinesis};
 pub use lambda::{Lambda, MappingState};
 pub use s3::S3;
-pub use sns::{SNS_MAX_BYTES, Sns};
+pub use sns::{SNS_LIMITS, SNS_MAX_BYTES, Sns, SnsEntry};
 pub use sqs::{Message, SQS_LIMITS, Sqs};
 pub use wire::Wire;

@@ -47,6 +47,15 @@ impl BatchPublisher for Sqs {
     }
 }
 
+impl BatchPublisher for Sns {
+    fn publish_all<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Vec<Result<(), StepError>>> {
+        Box::pin(self.publish_batch(events))
+    }
+}
+
 /// Publishes each unit's [`Event`] through a batch API (an [`EventBridge`] bus, a [`Kinesis`]
 /// stream, an [`Sqs`] queue): requests sized to its limits, only failed entries retried,
 /// `PUBLISH_PARALLEL` calls at once, the standard tags added. Units whose entries still fail
