@@ -84,6 +84,8 @@ pub struct Change {
     pub keys: Vec<&'static str>,
     /// Set for a REMOVE made by TTL expiry.
     pub ttl_expiry: bool,
+    /// The table whose stream carries it (default `entities`).
+    pub table: Option<String>,
 }
 
 impl Change {
@@ -94,6 +96,7 @@ impl Change {
             old,
             keys: vec!["pk", "sk"],
             ttl_expiry: false,
+            table: None,
         }
     }
 
@@ -118,6 +121,12 @@ impl Change {
             ttl_expiry: true,
             ..Change::remove(old)
         }
+    }
+
+    /// Comes from `table`'s stream (its `eventSourceARN`).
+    pub fn in_table(mut self, table: impl Into<String>) -> Self {
+        self.table = Some(table.into());
+        self
     }
 
     /// Uses other key attributes.
@@ -166,7 +175,10 @@ pub fn to_dynamodb_records(changes: &[Change]) -> DynamoDbEvent {
                     "eventSource": "aws:dynamodb",
                     "awsRegion": REGION,
                     "dynamodb": change,
-                    "eventSourceARN": format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/entities/stream/2024-01-01T00:00:00.000"),
+                    "eventSourceARN": format!(
+                        "arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}/stream/2024-01-01T00:00:00.000",
+                        c.table.as_deref().unwrap_or("entities")
+                    ),
                 });
                 if c.ttl_expiry {
                     record["userIdentity"] =

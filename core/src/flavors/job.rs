@@ -1,0 +1,257 @@
+//! `job`: a query or scan worked through a page per invocation, its cursor kept in the job's
+//! own item.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::cdc::Target;
+use crate::connectors::{DynamoDb, Page, PageRequest, UpdateRequest, Written};
+use crate::error::StepError;
+use crate::event::Event;
+use crate::expressions::Expression;
+use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline};
+use crate::record::SourceRecord;
+use crate::sinks::BatchPublisher;
+use crate::uow::UnitOfWork;
+
+/// The job item's attribute that holds where the next page starts.
+pub const CURSOR: &str = "cursor";
+/// The job item's attribute that says how far it is: `done` once the last page is through.
+pub const STATUS: &str = "status";
+
+type ToPage = Arc<dyn Fn(&UnitOfWork) -> Option<PageRequest> + Send + Sync>;
+type ToEvent = Arc<dyn Fn(&UnitOfWork, &Value) -> Result<Option<Event>, StepError> + Send + Sync>;
+
+/// Works through a query or scan one page per invocation (aws-lambda-stream's `job`), from a
+/// trigger on the table that holds the job's item:
+///
+/// 1. the job item's INSERT (or a MODIFY that moved its cursor) → `to_page` names the query or
+///    scan and its page size; the page is read from the item's `cursor`;
+/// 2. `to_event` maps each row to an event (`None`: skip it), and they are published to the
+///    target;
+/// 3. only then is the job item updated: `cursor` set to where the next page starts (a MODIFY,
+///    which brings the job back for the next page), or removed and `status` set to `done`.
+///
+/// **The cursor is never lost and never moves twice**: it moves only after its page's events
+/// are published, under a condition that it is still the cursor that page was read from. A
+/// failure before that sends the job item's change back and the page is read and published
+/// again; give events ids derived from the row (e.g. `<job>.<row key>`) so that a repeated
+/// page publishes the same events. A redelivered change whose cursor has already moved
+/// publishes its page again (same ids) and leaves the cursor alone.
+///
+/// ```
+/// # async fn example() {
+/// use lambda_stream::connectors::{DynamoDb, EventBridge, PageRequest};
+/// use lambda_stream::flavors::Job;
+/// use lambda_stream::{Event, Settings};
+///
+/// let bus = EventBridge::from_settings(&Settings::default()).await;
+/// let rule = Job::new(
+///     "reindex-things",
+///     "job-created",
+///     DynamoDb::shared().await,
+///     |_job| Some(PageRequest { table: "things".into(), limit: Some(100), ..Default::default() }),
+///     |job, row| {
+///         let id = format!("{}.{}", job.event().id, row["pk"].as_str().unwrap_or_default());
+///         Ok(Some(Event::new(id, "thing-reindexed", job.event().timestamp)
+///             .with_entity("thing", row.clone())))
+///     },
+///     bus,
+/// );
+/// # let _ = rule;
+/// # }
+/// ```
+pub struct Job {
+    id: String,
+    event_type: EventType,
+    db: DynamoDb,
+    to_page: ToPage,
+    to_event: ToEvent,
+    target: Target,
+}
+
+impl Job {
+    /// A job rule: for each change of a job item of `event_type` (its type as the DynamoDB
+    /// source names it, e.g. `job-created` and `job-updated` for items with `discriminator:
+    /// job`), the next page of `to_page`'s query or scan, mapped by `to_event`, published to
+    /// `target`.
+    pub fn new(
+        id: impl Into<String>,
+        event_type: impl Into<EventType>,
+        db: DynamoDb,
+        to_page: impl Fn(&UnitOfWork) -> Option<PageRequest> + Send + Sync + 'static,
+        to_event: impl Fn(&UnitOfWork, &Value) -> Result<Option<Event>, StepError>
+        + Send
+        + Sync
+        + 'static,
+        target: impl Into<Target>,
+    ) -> Self {
+        Job {
+            id: id.into(),
+            event_type: event_type.into(),
+            db,
+            to_page: Arc::new(to_page),
+            to_event: Arc::new(to_event),
+            target: target.into(),
+        }
+    }
+}
+
+/// A job's page, read and mapped.
+struct Worked {
+    cursor: Option<Value>,
+    page: Page,
+    events: Vec<Event>,
+}
+
+fn job_item(uow: &UnitOfWork) -> Option<&serde_json::Map<String, Value>> {
+    uow.event().raw.as_ref()?.get("new")?.as_object()
+}
+
+/// Whether the change starts or continues the job: an INSERT, or a MODIFY that moved the
+/// cursor, of an item that is not done.
+fn moves_the_job(uow: &UnitOfWork) -> bool {
+    let SourceRecord::DynamoDb(record) = uow.record() else {
+        return false;
+    };
+    let Some(new) = job_item(uow) else {
+        return false;
+    };
+    if new.get(STATUS).and_then(Value::as_str) == Some("done") {
+        return false;
+    }
+    match record.event_name.as_str() {
+        "INSERT" => true,
+        "MODIFY" => {
+            let old = uow
+                .event()
+                .raw
+                .as_ref()
+                .and_then(|r| r.get("old"))
+                .and_then(|o| o.get(CURSOR));
+            new.get(CURSOR).is_some() && new.get(CURSOR) != old
+        }
+        _ => false,
+    }
+}
+
+/// The job item's table and key, from its stream record.
+fn job_key<S>(uow: &UnitOfWork<S>) -> Result<(String, Value), StepError> {
+    let SourceRecord::DynamoDb(record) = uow.record() else {
+        return Err(StepError::poison_msg("a job runs from a DynamoDB stream"));
+    };
+    let table = record
+        .event_source_arn
+        .as_deref()
+        .and_then(|arn| arn.split("table/").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| StepError::poison_msg("the job's record names no table"))?;
+    let key: Value = serde_dynamo::from_item(record.change.keys.clone())?;
+    Ok((table.to_owned(), key))
+}
+
+/// The job item's update: the cursor moved (or the job done), if it is still `read`.
+fn advance(read: Option<&Value>, next: Option<&Value>) -> Expression {
+    let mut e = Expression::default();
+    e.names.insert("#c".into(), CURSOR.into());
+    match next {
+        Some(next) => {
+            e.names.insert("#p".into(), "pages".into());
+            e.values.insert(":next".into(), next.clone());
+            e.values.insert(":zero".into(), json!(0));
+            e.values.insert(":one".into(), json!(1));
+            e.update = Some("SET #c = :next, #p = if_not_exists(#p, :zero) + :one".into());
+        }
+        None => {
+            e.names.insert("#s".into(), STATUS.into());
+            e.values.insert(":done".into(), json!("done"));
+            e.update = Some("SET #s = :done REMOVE #c".into());
+        }
+    }
+    match read {
+        Some(read) => {
+            e.values.insert(":read".into(), read.clone());
+            e.condition = Some("#c = :read".into());
+        }
+        None => e.condition = Some("attribute_not_exists(#c)".into()),
+    }
+    // moved already by another delivery of this page: nothing to do
+    e.stale_on_condition_failure = true;
+    e
+}
+
+async fn publish(target: &Target, events: &[Event]) -> Result<(), StepError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&Event> = events.iter().collect();
+    let results = match target {
+        Target::EventBridge(bus) => bus.publish_all(&refs).await,
+        Target::Kinesis(stream) => stream.publish_all(&refs).await,
+    };
+    results.into_iter().collect()
+}
+
+impl IntoPipeline for Job {
+    fn into_pipeline(self) -> AssembledPipeline {
+        let Job {
+            id,
+            event_type,
+            db,
+            to_page,
+            to_event,
+            target,
+        } = self;
+        let (reader, writer) = (db.clone(), db);
+        let target = Arc::new(target);
+        Pipeline::new(id)
+            .on_event_type(event_type)
+            .on(moves_the_job)
+            .then(move |uow: UnitOfWork| {
+                let (db, to_page, to_event) =
+                    (reader.clone(), Arc::clone(&to_page), Arc::clone(&to_event));
+                async move {
+                    let cursor = job_item(&uow).and_then(|j| j.get(CURSOR)).cloned();
+                    let Some(mut request) = to_page(&uow) else {
+                        return Ok(uow.with(None));
+                    };
+                    request.start = cursor.clone();
+                    let page = db.page(&request).await?;
+                    let mut events = Vec::with_capacity(page.items.len());
+                    for row in &page.items {
+                        if let Some(event) = to_event(&uow, row)? {
+                            events.push(event);
+                        }
+                    }
+                    Ok::<_, StepError>(uow.with(Some(Worked {
+                        cursor,
+                        page,
+                        events,
+                    })))
+                }
+            })
+            .filter(|uow: &UnitOfWork<Option<Worked>>| uow.state.is_some())
+            .then(move |uow: UnitOfWork<Option<Worked>>| {
+                let (db, target) = (writer.clone(), Arc::clone(&target));
+                async move {
+                    let Some(worked) = uow.state.as_ref() else {
+                        return Ok(uow.with(()));
+                    };
+                    publish(&target, &worked.events).await?;
+                    let (table, key) = job_key(&uow)?;
+                    let request = UpdateRequest {
+                        table: None,
+                        key,
+                        expression: advance(worked.cursor.as_ref(), worked.page.next.as_ref()),
+                    };
+                    let written = db.update(&table, &request).await?;
+                    if written == Written::Stale {
+                        tracing::info!(job = %uow.event().id, "cursor already moved: page published again, cursor left");
+                    }
+                    Ok::<_, StepError>(uow.with(()))
+                }
+            })
+            .into_pipeline()
+    }
+}
