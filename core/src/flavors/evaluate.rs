@@ -310,3 +310,75 @@ impl IntoPipeline for PublishEmitted {
             .into_pipeline()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flavors::{Correlation, Kind};
+
+    fn at(id: &str, s: i64) -> Event {
+        let mut e = Event::new(id, "thing-updated", s * 1000).with_partition_key("t1");
+        e.tags.insert("region".into(), json!("us-east-1"));
+        e.tags.insert("source".into(), json!("svc"));
+        e.tags.insert("tenant".into(), json!("acme"));
+        e.fields
+            .insert("thing".into(), json!({"id": "t1", "v": id}));
+        e
+    }
+
+    #[test]
+    fn every_window_is_found_from_any_of_its_events_and_named_by_its_last() {
+        let events = [
+            at("a", 0),
+            at("b", 10),
+            at("c", 20),
+            at("d", 30),
+            at("e", 200),
+        ];
+        let minute = Duration::from_secs(60);
+        let anchors = |trigger: &Event| -> Vec<String> {
+            count_within(trigger, &events, minute, 3)
+                .iter()
+                .map(|m| m.anchor().id.clone())
+                .collect()
+        };
+        assert_eq!(anchors(&events[0]), ["c", "d"]);
+        assert_eq!(anchors(&events[1]), ["c", "d"]);
+        assert_eq!(anchors(&events[3]), ["d"]);
+        assert!(anchors(&events[4]).is_empty());
+        // ties in time are ordered by id, so a window is the same whatever arrives first
+        let same_ms = [at("x", 5), at("y", 5), at("z", 5)];
+        let m = count_within(&same_ms[0], &same_ms, minute, 3);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].anchor().id, "z");
+    }
+
+    #[test]
+    fn a_higher_order_event_carries_its_triggers_the_entity_and_shared_tags() {
+        let stored = Stored {
+            event: at("c", 20),
+            correlation: Correlation {
+                key: "t1.hot".into(),
+                suffix: Some("hot".into()),
+                kind: Kind::Correlated,
+            },
+            ttl: None,
+            expire: None,
+        };
+        let events = [at("a", 0), at("b", 10), at("c", 20)];
+        let m = Match::of(&events).unwrap();
+        let e = higher_order("thing-hot", "thing-hot", &stored, &m);
+        assert_eq!(e.id, "c.thing-hot");
+        assert_eq!(e.event_type, "thing-hot");
+        assert_eq!(e.timestamp, 20_000);
+        assert_eq!(e.partition_key.as_deref(), Some("t1"));
+        assert_eq!(e.fields["thing"]["v"], "c");
+        assert_eq!(e.fields["triggers"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            e.fields["triggers"][0],
+            json!({"id": "a", "type": "thing-updated", "timestamp": 0})
+        );
+        assert_eq!(e.tag("tenant"), Some("acme"));
+        assert_eq!((e.tag("region"), e.tag("source")), (None, None));
+    }
+}

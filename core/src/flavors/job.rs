@@ -255,3 +255,74 @@ impl IntoPipeline for Job {
             .into_pipeline()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Change, to_dynamodb_records};
+
+    fn units(changes: &[Change]) -> Vec<UnitOfWork> {
+        crate::sources::from_dynamodb(
+            to_dynamodb_records(changes),
+            &crate::sources::DynamoDbOptions::default(),
+        )
+        .units()
+        .to_vec()
+    }
+
+    #[test]
+    fn the_job_moves_on_its_insert_and_on_each_moved_cursor_only() {
+        let job = json!({"pk": "j", "sk": "job", "discriminator": "job"});
+        let at = |cursor: Value| {
+            let mut j = job.clone();
+            j["cursor"] = cursor;
+            j
+        };
+        let mut done = at(json!({"pk": "t9"}));
+        done["status"] = json!("done");
+        let moved: Vec<bool> = units(&[
+            Change::insert(job.clone()),
+            Change::modify(job.clone(), at(json!({"pk": "t1"}))),
+            Change::modify(at(json!({"pk": "t1"})), at(json!({"pk": "t2"}))),
+            // something else about the job changed: not a new page
+            Change::modify(at(json!({"pk": "t2"})), {
+                let mut j = at(json!({"pk": "t2"}));
+                j["note"] = json!("x");
+                j
+            }),
+            Change::modify(at(json!({"pk": "t2"})), done),
+            Change::remove(job),
+        ])
+        .iter()
+        .map(moves_the_job)
+        .collect();
+        assert_eq!(moved, [true, true, true, false, false, false]);
+    }
+
+    #[test]
+    fn the_cursor_moves_only_from_where_its_page_was_read() {
+        let first = advance(None, Some(&json!({"pk": "t1"})));
+        assert_eq!(first.condition.as_deref(), Some("attribute_not_exists(#c)"));
+        assert!(
+            first
+                .update
+                .as_deref()
+                .unwrap()
+                .starts_with("SET #c = :next")
+        );
+        let last = advance(Some(&json!({"pk": "t1"})), None);
+        assert_eq!(last.condition.as_deref(), Some("#c = :read"));
+        assert_eq!(last.values[":read"], json!({"pk": "t1"}));
+        assert_eq!(last.update.as_deref(), Some("SET #s = :done REMOVE #c"));
+        assert!(first.stale_on_condition_failure && last.stale_on_condition_failure);
+    }
+
+    #[test]
+    fn the_job_item_is_found_from_its_stream_record() {
+        let job = json!({"pk": "j", "sk": "job", "discriminator": "job"});
+        let unit = &units(&[Change::insert(job).in_table("my-jobs")])[0];
+        let (table, key) = job_key(unit).unwrap();
+        assert_eq!(table, "my-jobs");
+        assert_eq!(key, json!({"pk": "j", "sk": "job"}));
+    }
+}
