@@ -170,7 +170,14 @@ async fn a_job_works_through_a_scan_a_page_per_change_and_never_moves_its_cursor
             ))
         },
         bus,
-    );
+    )
+    .update_rows(|job, row| {
+        Ok(Some(UpdateRequest {
+            table: None,
+            key: json!({"pk": row["pk"], "sk": row["sk"]}),
+            expression: update_expression(&json!({"reindexedBy": job.partition_key()}))?,
+        }))
+    });
     let handler = Handler::builder(MemoryFaults::default())
         .dynamodb_options(sources::DynamoDbOptions {
             region: None,
@@ -239,6 +246,13 @@ async fn a_job_works_through_a_scan_a_page_per_change_and_never_moves_its_cursor
     assert_eq!(distinct.len(), 23, "every row once");
     // the page delivered twice was published twice under the same ids, and nothing else
     assert_eq!(ids.len(), 23 + 10);
+    // and every row was updated
+    let rows = scan(&things).await;
+    assert_eq!(rows.len(), 23);
+    assert!(
+        rows.iter().all(|r| r["reindexedBy"] == "job-1"),
+        "{rows:#?}"
+    );
 }
 
 #[tokio::test]

@@ -22,6 +22,8 @@ pub const STATUS: &str = "status";
 
 type ToPage = Arc<dyn Fn(&UnitOfWork) -> Option<PageRequest> + Send + Sync>;
 type ToEvent = Arc<dyn Fn(&UnitOfWork, &Value) -> Result<Option<Event>, StepError> + Send + Sync>;
+type ToUpdate =
+    Arc<dyn Fn(&UnitOfWork, &Value) -> Result<Option<UpdateRequest>, StepError> + Send + Sync>;
 
 /// Works through a query or scan one page per invocation (aws-lambda-stream's `job`), from a
 /// trigger on the table that holds the job's item:
@@ -29,7 +31,7 @@ type ToEvent = Arc<dyn Fn(&UnitOfWork, &Value) -> Result<Option<Event>, StepErro
 /// 1. the job item's INSERT (or a MODIFY that moved its cursor) → `to_page` names the query or
 ///    scan and its page size; the page is read from the item's `cursor`;
 /// 2. `to_event` maps each row to an event (`None`: skip it), and they are published to the
-///    target;
+///    target; with [`update_rows`](Self::update_rows), rows are updated too;
 /// 3. only then is the job item updated: `cursor` set to where the next page starts (a MODIFY,
 ///    which brings the job back for the next page), or removed and `status` set to `done`.
 ///
@@ -68,6 +70,7 @@ pub struct Job {
     db: DynamoDb,
     to_page: ToPage,
     to_event: ToEvent,
+    to_update: Option<ToUpdate>,
     target: Target,
 }
 
@@ -93,8 +96,23 @@ impl Job {
             db,
             to_page: Arc::new(to_page),
             to_event: Arc::new(to_event),
+            to_update: None,
             target: target.into(),
         }
+    }
+
+    /// Also updates rows of the page: `to_update(job, row)` (`None`: leave it), in the page's
+    /// table unless the request names another, before the cursor moves. A repeated page
+    /// updates them again: give the requests a condition that makes that harmless.
+    pub fn update_rows(
+        mut self,
+        to_update: impl Fn(&UnitOfWork, &Value) -> Result<Option<UpdateRequest>, StepError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.to_update = Some(Arc::new(to_update));
+        self
     }
 }
 
@@ -103,6 +121,8 @@ struct Worked {
     cursor: Option<Value>,
     page: Page,
     events: Vec<Event>,
+    updates: Vec<UpdateRequest>,
+    table: String,
 }
 
 fn job_item(uow: &UnitOfWork) -> Option<&serde_json::Map<String, Value>> {
@@ -201,6 +221,7 @@ impl IntoPipeline for Job {
             db,
             to_page,
             to_event,
+            to_update,
             target,
         } = self;
         let (reader, writer) = (db.clone(), db);
@@ -209,8 +230,12 @@ impl IntoPipeline for Job {
             .on_event_type(event_type)
             .on(moves_the_job)
             .then(move |uow: UnitOfWork| {
-                let (db, to_page, to_event) =
-                    (reader.clone(), Arc::clone(&to_page), Arc::clone(&to_event));
+                let (db, to_page, to_event, to_update) = (
+                    reader.clone(),
+                    Arc::clone(&to_page),
+                    Arc::clone(&to_event),
+                    to_update.clone(),
+                );
                 async move {
                     let cursor = job_item(&uow).and_then(|j| j.get(CURSOR)).cloned();
                     let Some(mut request) = to_page(&uow) else {
@@ -219,15 +244,23 @@ impl IntoPipeline for Job {
                     request.start = cursor.clone();
                     let page = db.page(&request).await?;
                     let mut events = Vec::with_capacity(page.items.len());
+                    let mut updates = Vec::new();
                     for row in &page.items {
                         if let Some(event) = to_event(&uow, row)? {
                             events.push(event);
+                        }
+                        if let Some(f) = &to_update
+                            && let Some(update) = f(&uow, row)?
+                        {
+                            updates.push(update);
                         }
                     }
                     Ok::<_, StepError>(uow.with(Some(Worked {
                         cursor,
                         page,
                         events,
+                        updates,
+                        table: request.table,
                     })))
                 }
             })
@@ -239,6 +272,9 @@ impl IntoPipeline for Job {
                         return Ok(uow.with(()));
                     };
                     publish(&target, &worked.events).await?;
+                    for update in &worked.updates {
+                        db.update(&worked.table, update).await?;
+                    }
                     let (table, key) = job_key(&uow)?;
                     let request = UpdateRequest {
                         table: None,
