@@ -2,8 +2,8 @@
 //! policy behind the partial batch response, pure and apart from any I/O.
 //!
 //! - Kinesis and DynamoDB redeliver every record from the lowest reported sequence number on;
-//!   SQS redelivers each reported message; SNS, S3 and EventBridge redeliver the whole event
-//!   when the invocation fails. A retry record with no id to report fails the whole batch.
+//!   SQS redelivers each reported message; SNS, S3, EventBridge (schedules and alarms too) and
+//!   Firehose redeliver the whole event when the invocation fails. A retry record with no id to report fails the whole batch.
 //! - SQS FIFO: once a message of a group is retry, every later message of the group is retry
 //!   too, whatever happened to it, so the group keeps its order.
 //! - A fault whose records Lambda will deliver again is not published now (it would be raised
@@ -24,7 +24,8 @@ pub enum Redelivery {
     FromCheckpoint,
     /// SQS: each reported message.
     PerRecord,
-    /// SNS, S3, EventBridge: the whole event, when the invocation fails.
+    /// SNS, S3, EventBridge, schedules, alarms, Firehose: the whole event, when the
+    /// invocation fails.
     Whole,
 }
 

@@ -16,10 +16,10 @@ use crate::claimcheck::ClaimCheckStore;
 use crate::deadline::{self, Deadline};
 use crate::delivery;
 use crate::encryption::Envelope;
-use crate::error::BatchError;
+use crate::error::{BatchError, StepError};
 use crate::event::FaultEvent;
 use crate::faults::{self, FaultPublisher, FaultStore, PendingFault, storage_id, storage_key};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Transformed};
 use crate::pipeline::{
     AssembledPipeline, BLOCKED, Blocked, IntoPipeline, KeyGate, NOT_STARTED, RunCtx, Takers,
     panic_error,
@@ -388,7 +388,7 @@ impl Handler {
                 None => observe.await,
             }
         }
-        S::respond(&outcomes)
+        S::respond(outcomes)
     }
 
     /// Runs decoded records through every pipeline that accepts them, publishes the faults and
@@ -503,6 +503,30 @@ impl Handler {
                 }
             }
         }
+        // what pipelines answered (a Firehose transformation), by record; one answer a record
+        let mut answers: Vec<Option<Transformed>> = Vec::new();
+        let mut answered_by: Vec<usize> = Vec::new();
+        for (p, ctx) in ctxs.iter().enumerate() {
+            for (unit, answer) in ctx.take_answers() {
+                let u = &decoded.units[unit as usize];
+                let index = u.shared.index as usize;
+                if answers.is_empty() {
+                    answers.resize_with(decoded.records.len(), || None);
+                    answered_by.resize(decoded.records.len(), 0);
+                }
+                if answers[index].is_some() {
+                    let first = &self.pipelines[answered_by[index]].id;
+                    let err = StepError::poison_msg(format!(
+                        "pipeline `{first}` already answered for this record: one answer a record"
+                    ))
+                    .named("AnswerConflict");
+                    ctx.fault(anchor_of(u), err);
+                } else {
+                    answers[index] = Some(answer);
+                    answered_by[index] = p;
+                }
+            }
+        }
         for ctx in &ctxs {
             for (unit, outcome) in ctx.outcomes() {
                 let o = &mut outcomes[decoded.units[unit].shared.index as usize];
@@ -551,6 +575,7 @@ impl Handler {
         let outcomes = Outcomes {
             outcomes,
             records: decoded.records,
+            answers,
         };
         let s = outcomes.summary();
         tracing::info!(

@@ -1,8 +1,9 @@
 //! Event-driven stream processing on AWS Lambda.
 //!
-//! A Lambda batch (Kinesis, DynamoDB Streams, SQS, SNS, S3, EventBridge) is decoded by a
-//! [source](sources) into [units of work](UnitOfWork), fanned out to every [`Pipeline`] whose
-//! rule accepts them, and answered with a partial batch response. Every record ends exactly one
+//! A Lambda batch (Kinesis, DynamoDB Streams, SQS, SNS, S3, EventBridge, a schedule, a
+//! CloudWatch alarm, a Firehose transformation) is decoded by a [source](sources) into
+//! [units of work](UnitOfWork), fanned out to every [`Pipeline`] whose rule accepts them, and
+//! answered with a partial batch response (for Firehose, the records out). Every record ends exactly one
 //! of: **done**, **faulted** (a [`FaultEvent`] is published and the record is set aside) or
 //! **retry** (reported for redelivery). Records of one partition key are processed in order;
 //! different keys run concurrently. No new work starts once the Lambda deadline draws near.
@@ -78,7 +79,7 @@ pub use error::{BatchError, DecodeError, ErrorClass, StepError};
 pub use event::{ErrorInfo, Event, FAULT_EVENT_TYPE, FaultEvent, FaultRecord, FaultUow, Trimmed};
 pub use handler::{ConfigError, Handler, HandlerBuilder, Invocation};
 pub use lambda::run;
-pub use outcome::Outcome;
+pub use outcome::{Outcome, Transformed};
 pub use pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline, Step};
 pub use response::{Outcomes, Summary};
 pub use retry::Retry;

@@ -3,6 +3,7 @@
 
 use aws_lambda_events::event::dynamodb::EventRecord as DynamoDbRecord;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::firehose::KinesisFirehoseEventRecord;
 use aws_lambda_events::event::kinesis::KinesisEventRecord;
 use aws_lambda_events::event::s3::S3EventRecord;
 use aws_lambda_events::event::sns::SnsRecord;
@@ -27,24 +28,34 @@ pub enum SourceRecord {
     S3(S3EventRecord),
     /// An EventBridge event.
     EventBridge(EventBridgeEvent<Value>),
+    /// A Kinesis Data Firehose record to transform.
+    Firehose(KinesisFirehoseEventRecord),
+    /// The JSON a function was invoked with directly, exactly as it arrived: a CloudWatch
+    /// alarm's action, a schedule's constant input.
+    Direct(Value),
     /// A record that did not parse as its source's type, exactly as it arrived.
     Raw(Value),
 }
 
 impl SourceRecord {
     /// The id a partial batch response names: the sequence number for Kinesis and DynamoDB,
-    /// the message id for SQS.
+    /// the message id for SQS, the record id for Firehose.
     pub fn item_identifier(&self) -> Option<&str> {
         match self {
             SourceRecord::Kinesis(r) => Some(&r.kinesis.sequence_number),
             SourceRecord::DynamoDb(r) => r.change.sequence_number.as_deref(),
             SourceRecord::Sqs(r) => r.message_id.as_deref(),
+            SourceRecord::Firehose(r) => r.record_id.as_deref(),
             SourceRecord::Raw(v) => v
                 .pointer("/kinesis/sequenceNumber")
                 .or_else(|| v.pointer("/dynamodb/SequenceNumber"))
                 .or_else(|| v.get("messageId"))
+                .or_else(|| v.get("recordId"))
                 .and_then(Value::as_str),
-            SourceRecord::Sns(_) | SourceRecord::S3(_) | SourceRecord::EventBridge(_) => None,
+            SourceRecord::Sns(_)
+            | SourceRecord::S3(_)
+            | SourceRecord::EventBridge(_)
+            | SourceRecord::Direct(_) => None,
         }
     }
 
@@ -60,7 +71,11 @@ impl SourceRecord {
             SourceRecord::Sns(r) => Some(&r.sns.message_id),
             SourceRecord::S3(r) => r.s3.object.key.as_deref(),
             SourceRecord::EventBridge(r) => r.id.as_deref(),
-            SourceRecord::Raw(v) => ["eventID", "messageId", "id"]
+            SourceRecord::Firehose(r) => r.record_id.as_deref(),
+            SourceRecord::Direct(v) => ["id", "alarmArn"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(Value::as_str)),
+            SourceRecord::Raw(v) => ["eventID", "messageId", "recordId", "id"]
                 .iter()
                 .find_map(|k| v.get(*k).and_then(Value::as_str)),
         }
@@ -77,7 +92,11 @@ impl SourceRecord {
                 .get("eventSourceARN")
                 .or_else(|| v.get("EventSourceArn"))
                 .and_then(Value::as_str),
-            SourceRecord::Sns(_) | SourceRecord::S3(_) | SourceRecord::EventBridge(_) => None,
+            SourceRecord::Sns(_)
+            | SourceRecord::S3(_)
+            | SourceRecord::EventBridge(_)
+            | SourceRecord::Firehose(_)
+            | SourceRecord::Direct(_) => None,
         }
     }
 
@@ -90,8 +109,9 @@ impl SourceRecord {
         }
     }
 
-    /// When the record reached its source (epoch ms), where the record says: a Kinesis arrival
-    /// time, a DynamoDB change time, an SQS send time, an SNS, S3 or EventBridge event time.
+    /// When the record reached its source (epoch ms), where the record says: a Kinesis or
+    /// Firehose arrival time, a DynamoDB change time, an SQS send time, an SNS, S3 or
+    /// EventBridge event time, the `time` of a direct invocation.
     pub fn arrival_millis(&self) -> Option<i64> {
         let from_seconds = |s: f64| (s * 1000.0) as i64;
         match self {
@@ -105,6 +125,8 @@ impl SourceRecord {
             SourceRecord::Sns(r) => Some(r.sns.timestamp.timestamp_millis()),
             SourceRecord::S3(r) => Some(r.event_time.timestamp_millis()),
             SourceRecord::EventBridge(e) => e.time.map(|t| t.timestamp_millis()),
+            SourceRecord::Firehose(r) => Some(r.approximate_arrival_timestamp.timestamp_millis()),
+            SourceRecord::Direct(v) => v.get("time")?.as_str().and_then(parse_time),
             SourceRecord::Raw(v) => v
                 .pointer("/kinesis/approximateArrivalTimestamp")
                 .or_else(|| v.pointer("/dynamodb/ApproximateCreationDateTime"))
@@ -123,4 +145,14 @@ impl SourceRecord {
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
+}
+
+/// Epoch milliseconds of an AWS time string: RFC 3339 (`2024-01-01T00:00:00Z`), or with the
+/// offset written without a colon, as CloudWatch alarms write it
+/// (`2024-01-01T00:00:00.000+0000`).
+pub(crate) fn parse_time(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z"))
+        .ok()
+        .map(|t| t.timestamp_millis())
 }

@@ -1,7 +1,9 @@
-//! What Lambda is answered: every record's outcome, and the partial batch response built from them.
+//! What Lambda is answered: every record's outcome, and the partial batch response built from them
+//! (for Firehose, the records out).
 
 use std::sync::Arc;
 
+use aws_lambda_events::event::firehose::{KinesisFirehoseResponse, KinesisFirehoseResponseRecord};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
 use aws_lambda_events::event::streams::{
     DynamoDbBatchItemFailure, DynamoDbEventResponse, KinesisBatchItemFailure, KinesisEventResponse,
@@ -9,7 +11,7 @@ use aws_lambda_events::event::streams::{
 use serde::Serialize;
 
 use crate::error::BatchError;
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Transformed};
 use crate::record::SourceRecord;
 
 /// Counts of outcomes.
@@ -30,12 +32,40 @@ pub struct Summary {
 pub struct Outcomes {
     pub(crate) outcomes: Vec<Outcome>,
     pub(crate) records: Vec<Arc<SourceRecord>>,
+    /// What pipelines answered, by batch position; empty when none answered.
+    pub(crate) answers: Vec<Option<Transformed>>,
 }
+
+/// A Firehose record's `result`: transformed.
+const FIREHOSE_OK: &str = "Ok";
+/// A Firehose record's `result`: dropped on purpose (no pipeline answered for it).
+const FIREHOSE_DROPPED: &str = "Dropped";
+/// A Firehose record's `result`: faulted (Firehose sends its original to the error output).
+const FIREHOSE_PROCESSING_FAILED: &str = "ProcessingFailed";
 
 impl Outcomes {
     /// Outcomes by batch position.
     pub fn outcomes(&self) -> &[Outcome] {
         &self.outcomes
+    }
+
+    /// What a pipeline answered for the record at `position` (see
+    /// [`Pipeline::answer`](crate::Pipeline::answer)), if one did.
+    ///
+    /// ```
+    /// use lambda_stream::{Event, Handler, Pipeline, Transformed, testing::*};
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let p = Pipeline::new("p").map(|uow| Ok(uow.with(Transformed::new(b"x".to_vec())))).answer();
+    /// let handler = Handler::builder(MemoryFaults::default()).pipeline(p).build().unwrap();
+    /// let decoded = lambda_stream::sources::from_firehose(to_firehose_records(&[Event::new("1", "t", 1)]));
+    /// let outcomes = handler.process(decoded, &handler.invocation(&context(Duration::from_secs(30)))).await;
+    /// assert_eq!(outcomes.answer(0).unwrap().data, b"x");
+    /// # });
+    /// ```
+    pub fn answer(&self, position: usize) -> Option<&Transformed> {
+        self.answers.get(position).and_then(Option::as_ref)
     }
 
     /// The ARN of the event source of the batch (its first record's), if the source has one.
@@ -117,5 +147,66 @@ impl Outcomes {
             0 => Ok(()),
             n => Err(BatchError::Retry(n)),
         }
+    }
+
+    /// The Kinesis Data Firehose answer: every record, by its `recordId`, `Ok` with what a
+    /// pipeline answered (data and partition keys), `Dropped` when done without an answer (no
+    /// pipeline took it, or one filtered it out), `ProcessingFailed` when faulted (its fault
+    /// event published); the dropped and failed ones carry their data back unchanged. Firehose
+    /// has no per-record retry: a record to retry fails the invocation, and Firehose retries
+    /// the whole batch. A record without a `recordId` cannot be answered and fails it too.
+    ///
+    /// Consumes the outcomes: the answered data moves into the response without a copy.
+    ///
+    /// ```
+    /// use lambda_stream::{Event, Handler, Pipeline, testing::*};
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let handler = Handler::builder(MemoryFaults::default()).pipeline(Pipeline::new("p")).build().unwrap();
+    /// let decoded = lambda_stream::sources::from_firehose(to_firehose_records(&[Event::new("1", "t", 1)]));
+    /// let outcomes = handler.process(decoded, &handler.invocation(&context(Duration::from_secs(30)))).await;
+    /// let answer = outcomes.firehose_response().unwrap();
+    /// assert_eq!(answer.records[0].result.as_deref(), Some("Dropped")); // nothing answered
+    /// # });
+    /// ```
+    pub fn firehose_response(self) -> Result<KinesisFirehoseResponse, BatchError> {
+        let retry = self.retry_positions().count();
+        if retry > 0 {
+            return Err(BatchError::Retry(retry));
+        }
+        let mut answers = self.answers.into_iter();
+        let mut response = KinesisFirehoseResponse::default();
+        response.records.reserve_exact(self.records.len());
+        for (i, (outcome, record)) in self.outcomes.into_iter().zip(self.records).enumerate() {
+            let answer = answers.next().flatten();
+            let id = record
+                .item_identifier()
+                .ok_or(BatchError::Unidentifiable(i))?
+                .to_owned();
+            let mut out = KinesisFirehoseResponseRecord::default();
+            out.record_id = Some(id);
+            let result = match (outcome, answer) {
+                (Outcome::Done, Some(answer)) => {
+                    out.data.0 = answer.data;
+                    out.metadata.partition_keys = answer.partition_keys.unwrap_or_default();
+                    FIREHOSE_OK
+                }
+                (outcome, _) => {
+                    // the record's own data back (moved when nothing else holds the record)
+                    if let SourceRecord::Firehose(r) = Arc::unwrap_or_clone(record) {
+                        out.data = r.data;
+                    }
+                    if outcome == Outcome::Faulted {
+                        FIREHOSE_PROCESSING_FAILED
+                    } else {
+                        FIREHOSE_DROPPED
+                    }
+                }
+            };
+            out.result = Some(result.to_owned());
+            response.records.push(out);
+        }
+        Ok(response)
     }
 }

@@ -1233,3 +1233,95 @@ pub async fn drain_queue(url: &str) -> Vec<Value> {
         }
     }
 }
+
+/// A Kinesis Data Firehose transformation event carrying `events` (record ids `0`, `1`, ...,
+/// arrival times ascending from 1 700 000 000 000 ms), as aws-lambda-stream's
+/// `toFirehoseRecords` makes it.
+///
+/// ```
+/// use lambda_stream::{Event, testing::to_firehose_records};
+///
+/// let event = to_firehose_records(&[Event::new("1", "thing-created", 1)]);
+/// assert_eq!(event.records[0].record_id.as_deref(), Some("0"));
+/// ```
+pub fn to_firehose_records(
+    events: &[Event],
+) -> aws_lambda_events::event::firehose::KinesisFirehoseEvent {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let records: Vec<Value> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            json!({
+                "recordId": i.to_string(),
+                "approximateArrivalTimestamp": 1_700_000_000_000_i64 + i as i64,
+                "data": b64.encode(to_json(e)),
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "invocationId": "invocationIdExample",
+        "deliveryStreamArn": format!("arn:aws:firehose:{REGION}:{ACCOUNT}:deliverystream/events"),
+        "region": REGION,
+        "records": records,
+    }))
+    .unwrap_or_else(|e| panic!("test helper built an invalid Firehose event: {e}"))
+}
+
+/// The event an EventBridge schedule `rule` sends its target (the `Scheduled Event` envelope,
+/// fired at 2024-08-05T00:00:00Z).
+///
+/// ```
+/// let event = lambda_stream::testing::to_scheduled_event("nightly");
+/// assert_eq!(event["detail-type"], "Scheduled Event");
+/// ```
+pub fn to_scheduled_event(rule: &str) -> Value {
+    json!({
+        "version": "0",
+        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT,
+        "time": "2024-08-05T00:00:00Z",
+        "region": REGION,
+        "resources": [format!("arn:aws:events:{REGION}:{ACCOUNT}:rule/{rule}")],
+        "detail": {},
+    })
+}
+
+/// The event a CloudWatch alarm's action sends a function it invokes directly: alarm `name`
+/// gone from `previous` to `state` (`ALARM`, `OK`, `INSUFFICIENT_DATA`) at
+/// 2024-08-05T00:00:00Z.
+///
+/// ```
+/// let event = lambda_stream::testing::to_alarm_action("listener-stuck", "ALARM", "OK");
+/// assert_eq!(event["alarmData"]["state"]["value"], "ALARM");
+/// ```
+pub fn to_alarm_action(name: &str, state: &str, previous: &str) -> Value {
+    let at = "2024-08-05T00:00:00.000+0000";
+    json!({
+        "source": "aws.cloudwatch",
+        "alarmArn": format!("arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{name}"),
+        "accountId": ACCOUNT,
+        "time": at,
+        "region": REGION,
+        "alarmData": {
+            "alarmName": name,
+            "state": {"value": state, "reason": "test", "timestamp": at},
+            "previousState": {"value": previous, "reason": "test", "timestamp": "2024-08-04T23:55:00.000+0000"},
+            "configuration": {
+                "description": "test alarm",
+                "metrics": [{
+                    "id": "m1",
+                    "metricStat": {
+                        "metric": {"namespace": "AWS/Lambda", "name": "IteratorAge",
+                            "dimensions": {"FunctionName": "listener"}},
+                        "period": 60,
+                        "stat": "Maximum"
+                    },
+                    "returnData": true
+                }]
+            }
+        }
+    })
+}

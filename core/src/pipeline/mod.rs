@@ -34,6 +34,7 @@ pub(crate) use run::{BLOCKED, Blocked, Cause, NOT_STARTED, RaisedFault, RunCtx, 
 pub use step::Step;
 
 use crate::error::{ErrorClass, StepError};
+use crate::outcome::Transformed;
 use crate::retry::Retry;
 use crate::settings::Settings;
 use crate::uow::{Batch, Compacted, Group, UnitOfWork, Work, anchor_of, keys_of};
@@ -407,6 +408,45 @@ impl<T: Work> Pipeline<T> {
                         latest,
                         superseded: g.items,
                     }))
+                })
+                .boxed()
+        })
+    }
+}
+
+impl Pipeline<UnitOfWork<Transformed>> {
+    /// Answers each unit's record with the unit's state, for a source whose answer carries
+    /// data: a [`Firehose`](crate::sources::Firehose) record answered so, and done, ends `Ok`
+    /// with this data (faulted or retried later on, it ends as that says; other sources ignore
+    /// answers). The state is moved into the answer, not copied. One answer per record: a
+    /// second (another pipeline taking the same record) faults the record. The
+    /// [`FirehoseTransform`](crate::flavors::FirehoseTransform) flavor ends with this step.
+    ///
+    /// ```
+    /// use lambda_stream::{Event, Handler, Pipeline, Transformed, sources::Firehose, testing::*};
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let csv = Pipeline::new("csv")
+    ///     .on_event_type("thing-created")
+    ///     .map(|uow| {
+    ///         let line = format!("{},{}\n", uow.event().id, uow.event().timestamp);
+    ///         Ok(uow.with(Transformed::new(line.into_bytes())))
+    ///     })
+    ///     .answer();
+    /// let handler = Handler::builder(MemoryFaults::default()).pipeline(csv).build().unwrap();
+    /// let records = to_firehose_records(&[Event::new("e1", "thing-created", 7)]);
+    /// let answer = handler.handle::<Firehose>(records, &context(Duration::from_secs(30))).await.unwrap();
+    /// assert_eq!(answer.records[0].result.as_deref(), Some("Ok"));
+    /// assert_eq!(answer.records[0].data.0, b"e1,7\n");
+    /// # });
+    /// ```
+    pub fn answer(self) -> Pipeline<UnitOfWork> {
+        self.step(|ctx, items| {
+            items
+                .map(move |uow: UnitOfWork<Transformed>| {
+                    let unit = uow.shared.unit;
+                    uow.map_state(|answer| ctx.answer(unit, answer))
                 })
                 .boxed()
         })

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::deadline::Deadline;
 use crate::error::{ErrorClass, StepError};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Transformed};
 use crate::settings::Settings;
 use crate::uow::{Anchor, Work, anchor_of};
 
@@ -97,6 +97,8 @@ pub(crate) struct RunCtx {
     failures: Mutex<Vec<(u32, String)>>,
     /// Work to do once the batch is over and its faults published (settling claims).
     finishers: Mutex<Vec<Finisher>>,
+    /// What units answered (a Firehose transformation's data), by unit ordinal.
+    answers: Mutex<Vec<(u32, Transformed)>>,
 }
 
 /// Work a step leaves for the end of its run: it gets the run, and every unit's final outcome
@@ -129,6 +131,7 @@ impl RunCtx {
             gate: OnceLock::new(),
             failures: Mutex::new(Vec::new()),
             finishers: Mutex::new(Vec::new()),
+            answers: Mutex::new(Vec::new()),
         }
     }
 
@@ -240,6 +243,19 @@ impl RunCtx {
     /// Sends the item back for retry without starting it.
     pub(crate) fn not_started<T: Work>(&self, item: &T, reason: &str) {
         self.retry(anchor_of(item), reason);
+    }
+
+    /// Records what a unit answers (moved in: the data is not copied on its way out).
+    pub(crate) fn answer(&self, unit: u32, answer: Transformed) {
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((unit, answer));
+    }
+
+    /// The answers given, by unit ordinal, taken once the run is over.
+    pub(crate) fn take_answers(&self) -> Vec<(u32, Transformed)> {
+        std::mem::take(&mut *self.answers.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The faults raised, taken once the run is over.

@@ -21,13 +21,29 @@ pub fn from_eventbridge(record: EventBridgeEvent<Value>) -> Decoded {
         super::Payload::Events,
         1,
     );
+    push_eventbridge(&mut out, record);
+    out
+}
+
+/// Adds an EventBridge event to `out`: its unit of work, or its decode failure. Sources that
+/// may be handed an EventBridge envelope (a schedule's) decode it here, as this source does.
+pub(super) fn push_eventbridge(out: &mut Decoded, record: EventBridgeEvent<Value>) {
     let parsed = decode(&record);
     let (index, record) = out.push_record(SourceRecord::EventBridge(record));
     match parsed {
         Ok(event) => out.unit(index, record, event, || None, false),
         Err(reason) => out.fail_record(index, reason),
     }
-    out
+}
+
+/// The JSON a function was invoked with, as an EventBridge event when it is one (it has a
+/// `detail-type`); `Err` with the reason when it claims to be one and is malformed.
+pub(super) fn envelope(value: &Value) -> Option<Result<EventBridgeEvent<Value>, String>> {
+    value.get("detail-type")?;
+    Some(
+        serde::Deserialize::deserialize(value)
+            .map_err(|e: serde_json::Error| format!("not an EventBridge event: {e}")),
+    )
 }
 
 fn decode(record: &EventBridgeEvent<Value>) -> Result<Event, String> {

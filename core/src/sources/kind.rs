@@ -2,6 +2,7 @@
 //! redelivers what is not done, and the answer Lambda expects.
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::firehose::KinesisFirehoseResponse;
 use aws_lambda_events::event::sqs::SqsBatchResponse;
 use aws_lambda_events::event::streams::{DynamoDbEventResponse, KinesisEventResponse};
 use serde::Serialize;
@@ -9,8 +10,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{
-    Decoded, DynamoDbOptions, DynamoDbRecords, KinesisRecords, S3Records, SnsRecords, SqsRecords,
-    from_dynamodb, from_eventbridge, from_kinesis, from_s3, from_sns, from_sqs, from_sqs_sns_s3,
+    Decoded, DynamoDbOptions, DynamoDbRecords, FirehoseRecords, KinesisRecords, S3Records,
+    SnsRecords, SqsRecords, from_alarm, from_cron, from_dynamodb, from_eventbridge, from_firehose,
+    from_kinesis, from_s3, from_sns, from_sqs, from_sqs_sns_s3,
 };
 use crate::delivery::Redelivery;
 use crate::error::BatchError;
@@ -45,9 +47,10 @@ pub trait Source: Send + Sync + 'static {
     const REDELIVERY: Redelivery;
     /// The event's records as units of work; the ones that do not decode become faults.
     fn decode(event: Self::Event, options: &DecodeOptions) -> Decoded;
-    /// The answer from every record's outcome: a partial batch response, or an error that
-    /// fails the invocation so Lambda delivers it again.
-    fn respond(outcomes: &Outcomes) -> Result<Self::Response, BatchError>;
+    /// The answer from every record's outcome (consumed: what pipelines answered moves into
+    /// it): a partial batch response, or an error that fails the invocation so Lambda delivers
+    /// it again.
+    fn respond(outcomes: Outcomes) -> Result<Self::Response, BatchError>;
 }
 
 /// Kinesis: partial batch response with the lowest retry sequence number.
@@ -61,7 +64,7 @@ impl Source for Kinesis {
     fn decode(event: KinesisRecords, _: &DecodeOptions) -> Decoded {
         from_kinesis(event)
     }
-    fn respond(outcomes: &Outcomes) -> Result<KinesisEventResponse, BatchError> {
+    fn respond(outcomes: Outcomes) -> Result<KinesisEventResponse, BatchError> {
         outcomes.kinesis_response()
     }
 }
@@ -77,7 +80,7 @@ impl Source for DynamoDb {
     fn decode(event: DynamoDbRecords, options: &DecodeOptions) -> Decoded {
         from_dynamodb(event, &options.dynamodb)
     }
-    fn respond(outcomes: &Outcomes) -> Result<DynamoDbEventResponse, BatchError> {
+    fn respond(outcomes: Outcomes) -> Result<DynamoDbEventResponse, BatchError> {
         outcomes.dynamodb_response()
     }
 }
@@ -94,7 +97,7 @@ impl Source for Sqs {
     fn decode(event: SqsRecords, _: &DecodeOptions) -> Decoded {
         from_sqs(event)
     }
-    fn respond(outcomes: &Outcomes) -> Result<SqsBatchResponse, BatchError> {
+    fn respond(outcomes: Outcomes) -> Result<SqsBatchResponse, BatchError> {
         outcomes.sqs_response()
     }
 }
@@ -110,7 +113,7 @@ impl Source for SqsSnsS3 {
     fn decode(event: SqsRecords, _: &DecodeOptions) -> Decoded {
         from_sqs_sns_s3(event)
     }
-    fn respond(outcomes: &Outcomes) -> Result<SqsBatchResponse, BatchError> {
+    fn respond(outcomes: Outcomes) -> Result<SqsBatchResponse, BatchError> {
         outcomes.sqs_response()
     }
 }
@@ -126,7 +129,7 @@ impl Source for Sns {
     fn decode(event: SnsRecords, _: &DecodeOptions) -> Decoded {
         from_sns(event)
     }
-    fn respond(outcomes: &Outcomes) -> Result<(), BatchError> {
+    fn respond(outcomes: Outcomes) -> Result<(), BatchError> {
         outcomes.async_result()
     }
 }
@@ -142,7 +145,7 @@ impl Source for S3 {
     fn decode(event: S3Records, _: &DecodeOptions) -> Decoded {
         from_s3(event)
     }
-    fn respond(outcomes: &Outcomes) -> Result<(), BatchError> {
+    fn respond(outcomes: Outcomes) -> Result<(), BatchError> {
         outcomes.async_result()
     }
 }
@@ -158,7 +161,105 @@ impl Source for EventBridge {
     fn decode(event: EventBridgeEvent<Value>, _: &DecodeOptions) -> Decoded {
         from_eventbridge(event)
     }
-    fn respond(outcomes: &Outcomes) -> Result<(), BatchError> {
+    fn respond(outcomes: Outcomes) -> Result<(), BatchError> {
         outcomes.async_result()
+    }
+}
+
+/// An EventBridge schedule (a rule with a `schedule` expression targeting the function): the
+/// standard `Scheduled Event` envelope, or the rule's constant input (see [`from_cron`]). One
+/// unit of work per invocation; a retry fails the invocation, so Lambda's asynchronous retry
+/// runs it again.
+///
+/// ```no_run
+/// use lambda_stream::{Handler, Pipeline, sources::Cron, testing::MemoryFaults};
+///
+/// # async fn main_() -> Result<(), lambda_runtime::Error> {
+/// let nightly = Pipeline::new("nightly").on_event_type("Scheduled Event");
+/// let handler = Handler::builder(MemoryFaults::default()).pipeline(nightly).build()?;
+/// lambda_stream::run::<Cron>(handler).await
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Cron;
+
+impl Source for Cron {
+    type Event = Value;
+    type Response = ();
+    const REDELIVERY: Redelivery = Redelivery::Whole;
+    fn decode(event: Value, _: &DecodeOptions) -> Decoded {
+        from_cron(event)
+    }
+    fn respond(outcomes: Outcomes) -> Result<(), BatchError> {
+        outcomes.async_result()
+    }
+}
+
+/// A CloudWatch alarm whose action invokes the function directly: one event of type
+/// `CloudWatch Alarm State Change`, with the fields the same change has on EventBridge (see
+/// [`from_alarm`]). A retry fails the invocation, so Lambda's asynchronous retry runs it again.
+///
+/// ```no_run
+/// # async fn main_() -> Result<(), lambda_runtime::Error> {
+/// use lambda_stream::{Handler, connectors::Lambda, flavors::CircuitBreakerRule};
+/// use lambda_stream::{sources::Alarm, testing::MemoryFaults};
+///
+/// let rule = CircuitBreakerRule::new("breaker", Lambda::shared().await).function("listener");
+/// let handler = Handler::builder(MemoryFaults::default()).pipeline(rule).build()?;
+/// lambda_stream::run::<Alarm>(handler).await
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Alarm;
+
+impl Source for Alarm {
+    type Event = Value;
+    type Response = ();
+    const REDELIVERY: Redelivery = Redelivery::Whole;
+    fn decode(event: Value, _: &DecodeOptions) -> Decoded {
+        from_alarm(event)
+    }
+    fn respond(outcomes: Outcomes) -> Result<(), BatchError> {
+        outcomes.async_result()
+    }
+}
+
+/// A Kinesis Data Firehose transformation: records in, records out (see [`from_firehose`] and
+/// [`Outcomes::firehose_response`]). Each record ends `Ok` with what a pipeline answered
+/// ([`Pipeline::answer`](crate::Pipeline::answer), or the
+/// [`FirehoseTransform`](crate::flavors::FirehoseTransform) flavor), `Dropped` when no
+/// pipeline answered for it, or `ProcessingFailed` when faulted (its fault event published).
+///
+/// A record to retry (a transient error) fails the whole invocation. Firehose has no
+/// per-record retry: `ProcessingFailed` would send the record to the error output for good,
+/// which is what a fault is for, not a throttle. A failed invocation is retried by Firehose,
+/// whole, for as long as its retry duration allows (then every record of the batch goes to the
+/// error output), as SNS, S3 and EventBridge invocations are: the faults of the other records
+/// wait for that redelivery, so nothing is published twice.
+///
+/// ```no_run
+/// use lambda_stream::{Handler, flavors::FirehoseTransform, sources::Firehose};
+/// use lambda_stream::testing::MemoryFaults;
+///
+/// # async fn main_() -> Result<(), lambda_runtime::Error> {
+/// let rule = FirehoseTransform::new("things", "thing-created", |uow| {
+///     Ok(serde_json::json!({"ID": uow.event().id}))
+/// });
+/// let handler = Handler::builder(MemoryFaults::default()).pipeline(rule).build()?;
+/// lambda_stream::run::<Firehose>(handler).await
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Firehose;
+
+impl Source for Firehose {
+    type Event = FirehoseRecords;
+    type Response = KinesisFirehoseResponse;
+    const REDELIVERY: Redelivery = Redelivery::Whole;
+    fn decode(event: FirehoseRecords, _: &DecodeOptions) -> Decoded {
+        from_firehose(event)
+    }
+    fn respond(outcomes: Outcomes) -> Result<KinesisFirehoseResponse, BatchError> {
+        outcomes.firehose_response()
     }
 }

@@ -1,5 +1,9 @@
 //! Sources: a Lambda event in, units of work out.
 //!
+//! Streams and queues ([`Kinesis`], [`DynamoDb`], [`Sqs`], [`SqsSnsS3`]), notifications
+//! ([`Sns`], [`S3`], [`EventBridge`]), direct invocations ([`Cron`] for a schedule, [`Alarm`]
+//! for a CloudWatch alarm's action) and [`Firehose`] transformations (records in, records out).
+//!
 //! Each `from_*` function turns every record of a Lambda event into either units of work or a
 //! [`DecodeError`] that names the record. A record never panics the handler and is never dropped
 //! silently: records a source skips on purpose (another region's global-table write, a TTL
@@ -9,8 +13,11 @@
 //! event record by record, so one malformed record (bad base64, a missing field) becomes a fault
 //! of its own instead of failing the whole invocation, which for a stream would block the shard.
 
+mod alarm;
+mod cron;
 mod dynamodb;
 mod eventbridge;
+mod firehose;
 mod kind;
 mod kinesis;
 mod s3;
@@ -29,9 +36,15 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+pub use alarm::from_alarm;
+pub use cron::from_cron;
 pub use dynamodb::{DynamoDbOptions, from_dynamodb};
 pub use eventbridge::from_eventbridge;
-pub use kind::{DecodeOptions, DynamoDb, EventBridge, Kinesis, S3, Sns, Source, Sqs, SqsSnsS3};
+pub use firehose::{FirehoseRecords, from_firehose};
+pub use kind::{
+    Alarm, Cron, DecodeOptions, DynamoDb, EventBridge, Firehose, Kinesis, S3, Sns, Source, Sqs,
+    SqsSnsS3,
+};
 pub use kinesis::from_kinesis;
 pub use s3::from_s3;
 pub use sns::from_sns;
@@ -468,6 +481,32 @@ impl Decoded {
         let (index, _) = self.push_record(SourceRecord::Raw(raw));
         self.fail_record(index, format!("not a valid record: {reason}"));
     }
+}
+
+/// An id derived from `parts` (a name-based UUID, version 8, over SHA-256): the same parts, the
+/// same id, for events whose source gives none (a schedule's constant input, a direct alarm).
+pub(crate) fn name_based_id(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in parts {
+        // length-prefixed, so ("ab", "c") and ("a", "bc") differ
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    let digest = hash.finalize();
+    let mut b = [0_u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Parses a record's payload as an [`Event`], filling `id` and `timestamp` when it has none.
