@@ -128,6 +128,16 @@ fn bench(c: &mut Criterion) {
         .pipeline(materialize(&sink))
         .build()
         .unwrap();
+    // the same handler printing every metrics family per invocation (to a sink that keeps
+    // nothing, so what is measured is counting and rendering)
+    let metered = Handler::builder(MemoryFaults::default())
+        .settings(&lambda_stream::Settings::from_vars(|v| {
+            (v == "METRICS").then(|| "*".to_owned())
+        }))
+        .pipeline(materialize(&sink))
+        .metrics_to(Arc::new(Mutex::new(std::io::sink())))
+        .build()
+        .unwrap();
     let guarded = |cache: usize| {
         let guard = Idempotency::new(MemoryIdempotency::default()).cache(cache);
         Handler::builder(MemoryFaults::default())
@@ -166,6 +176,18 @@ fn bench(c: &mut Criterion) {
                 written[0].expression.len(),
                 written[0].values.len(),
             ))
+        })
+    });
+    group.bench_function("pipeline with metrics (METRICS=*)", |b| {
+        b.iter(|| {
+            let batch: KinesisRecords = serde_json::from_slice(black_box(&bytes)).unwrap();
+            let response = rt
+                .block_on(metered.handle::<sources::Kinesis>(batch, &ctx))
+                .unwrap();
+            assert!(response.batch_item_failures.is_empty());
+            let written = std::mem::take(&mut *sink.lock().unwrap());
+            assert_eq!(written.len(), RECORDS * 9 / 10);
+            black_box(written.len())
         })
     });
     group.bench_function("guarded: first delivery (claim + settle)", |b| {

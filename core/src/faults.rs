@@ -200,6 +200,11 @@ pub(crate) struct PendingFault {
 }
 
 impl PendingFault {
+    /// The name of the error that raised it.
+    pub(crate) fn error_name(&self) -> &str {
+        &self.cause.name
+    }
+
     /// A record that did not decode.
     pub(crate) fn decode(position: u32, source: &str, err: &DecodeError) -> Self {
         PendingFault {

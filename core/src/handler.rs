@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -19,6 +20,7 @@ use crate::encryption::Envelope;
 use crate::error::{BatchError, StepError};
 use crate::event::FaultEvent;
 use crate::faults::{self, FaultPublisher, FaultStore, PendingFault, storage_id, storage_key};
+use crate::metrics::{self, InvocationMetrics, PipelineMetrics};
 use crate::outcome::{Outcome, Transformed};
 use crate::pipeline::{
     AssembledPipeline, BLOCKED, Blocked, IntoPipeline, KeyGate, NOT_STARTED, RunCtx, Takers,
@@ -97,7 +99,11 @@ pub struct Handler {
     settings: Arc<Settings>,
     breaker: Option<Arc<CircuitBreaker>>,
     prepare: Prepare,
+    metrics_out: Option<MetricsOut>,
 }
+
+/// Where a handler writes its metrics documents instead of stdout (tests, a log shipper).
+type MetricsOut = Arc<std::sync::Mutex<dyn std::io::Write + Send>>;
 
 /// Builds a [`Handler`]. [`settings`](Self::settings) gives it what the environment says
 /// (margin, pipelines switched on and off, function name, region, default parallelism); the
@@ -116,6 +122,7 @@ pub struct HandlerBuilder {
     breaker: Option<Arc<CircuitBreaker>>,
     claim_checks: Option<Arc<dyn ClaimCheckStore>>,
     envelope: Option<Envelope>,
+    metrics_out: Option<MetricsOut>,
 }
 
 fn id_list(list: &str) -> HashSet<String> {
@@ -143,6 +150,7 @@ impl Handler {
             breaker: None,
             claim_checks: None,
             envelope: None,
+            metrics_out: None,
         }
     }
 }
@@ -262,6 +270,37 @@ impl HandlerBuilder {
         self
     }
 
+    /// Writes the metrics documents (when `METRICS` asks for them) to `out` instead of stdout.
+    ///
+    /// ```
+    /// use lambda_stream::{Event, Handler, Pipeline, Settings, sources, testing::*};
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let settings = Settings::from_vars(|v| (v == "METRICS").then(|| "batch".to_owned()));
+    /// let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+    /// let handler = Handler::builder(MemoryFaults::default())
+    ///     .settings(&settings)
+    ///     .pipeline(Pipeline::new("p1"))
+    ///     .metrics_to(Arc::clone(&out))
+    ///     .build()
+    ///     .unwrap();
+    /// let batch = to_kinesis_records(&[Event::new("1", "thing-created", 1)]);
+    /// handler.handle::<sources::Kinesis>(batch, &context(Duration::from_secs(30))).await.unwrap();
+    /// let line = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+    /// let doc: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    /// assert_eq!(doc["stream.batch.size"], 1);
+    /// # });
+    /// ```
+    pub fn metrics_to(
+        mut self,
+        out: Arc<std::sync::Mutex<impl std::io::Write + Send + 'static>>,
+    ) -> Self {
+        self.metrics_out = Some(out);
+        self
+    }
+
     /// The handler, with the switched-off pipelines left out.
     pub fn build(self) -> Result<Handler, ConfigError> {
         if self.margin < Duration::from_millis(100) || self.margin >= Duration::from_secs(900) {
@@ -300,6 +339,7 @@ impl HandlerBuilder {
             settings: self.settings,
             breaker: self.breaker,
             prepare: Prepare::new(self.claim_checks, self.envelope),
+            metrics_out: self.metrics_out,
         })
     }
 }
@@ -395,6 +435,11 @@ impl Handler {
     /// returns every record's outcome.
     pub async fn process(&self, mut decoded: Decoded, invocation: &Invocation) -> Outcomes {
         let started = std::time::Instant::now();
+        let mut metrics = self
+            .settings
+            .metrics
+            .any()
+            .then(|| InvocationMetrics::of_batch(decoded.source, &decoded.records));
         self.prepare
             .prepare(&mut decoded, invocation.deadline, &self.settings)
             .await;
@@ -446,6 +491,11 @@ impl Handler {
             ctxs.push(ctx);
             accepted.push(units);
         }
+        let accepted_units: Vec<usize> = if metrics.is_some() {
+            accepted.iter().map(Vec::len).collect()
+        } else {
+            Vec::new()
+        };
         let sources: Vec<Items<UnitOfWork>> = if self.key_order {
             let (gate, receivers) = KeyGate::new(&decoded.units, takers, self.pipelines.len());
             let gate = Arc::new(gate);
@@ -477,12 +527,24 @@ impl Handler {
                 .collect()
         };
         let mut runs = Vec::with_capacity(self.pipelines.len());
-        for ((p, ctx), source) in self.pipelines.iter().zip(&ctxs).zip(sources) {
+        // each pipeline's time to finish, in µs from the start of the runs (metrics)
+        let finished: Arc<Vec<AtomicU64>> = Arc::new(
+            (0..self.pipelines.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        );
+        let runs_started = std::time::Instant::now();
+        for (i, ((p, ctx), source)) in self.pipelines.iter().zip(&ctxs).zip(sources).enumerate() {
             let span = tracing::info_span!("pipeline", id = %p.id);
             let run = (p.run)(Arc::clone(ctx), source);
+            let finished = Arc::clone(&finished);
             runs.push(
                 async move {
                     run.await;
+                    finished[i].store(
+                        runs_started.elapsed().as_micros() as u64,
+                        AtomicOrdering::Relaxed,
+                    );
                     tracing::debug!("pipeline finished");
                 }
                 .instrument(span),
@@ -527,7 +589,27 @@ impl Handler {
                 }
             }
         }
-        for ctx in &ctxs {
+        for (i, ctx) in ctxs.iter().enumerate() {
+            if let Some(m) = metrics.as_mut() {
+                let mut p = PipelineMetrics {
+                    units: accepted_units.get(i).copied().unwrap_or(0),
+                    time_ms: finished[i].load(AtomicOrdering::Relaxed) as f64 / 1000.0,
+                    ..PipelineMetrics::default()
+                };
+                for (_, outcome) in ctx.outcomes() {
+                    match outcome {
+                        Outcome::Done => p.done += 1,
+                        Outcome::Faulted => p.faulted += 1,
+                        Outcome::Retry => p.retry += 1,
+                    }
+                }
+                for (name, n) in ctx.take_retried_by() {
+                    for _ in 0..n {
+                        metrics::count_error(&mut m.retries_by_error, &name);
+                    }
+                }
+                m.pipelines.insert(ctx.pipeline.to_string(), p);
+            }
             for (unit, outcome) in ctx.outcomes() {
                 let o = &mut outcomes[decoded.units[unit].shared.index as usize];
                 *o = (*o).max(outcome);
@@ -539,6 +621,11 @@ impl Handler {
             );
         }
 
+        if let Some(m) = metrics.as_mut() {
+            for f in &faults {
+                metrics::count_error(&mut m.faults_by_error, f.error_name());
+            }
+        }
         self.settle_faults(&decoded, invocation, &mut outcomes, faults)
             .await;
 
@@ -587,6 +674,20 @@ impl Handler {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch processed"
         );
+        if let Some(mut m) = metrics {
+            (m.done, m.faulted, m.retry) = (s.done, s.faulted, s.retry);
+            m.time_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let tags = self.settings.standard_tags();
+            match &self.metrics_out {
+                Some(out) => {
+                    let mut out = out
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    m.write(&self.settings.metrics, &tags, &mut *out);
+                }
+                None => m.write(&self.settings.metrics, &tags, &mut std::io::stdout().lock()),
+            }
+        }
         outcomes
     }
 

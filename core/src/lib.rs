@@ -49,6 +49,7 @@ pub mod faults;
 pub mod flavors;
 pub mod idempotency;
 pub mod logging;
+pub mod metrics;
 pub mod sinks;
 pub mod sources;
 pub mod tags;

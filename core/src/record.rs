@@ -109,6 +109,20 @@ impl SourceRecord {
         }
     }
 
+    /// The size of the record's payload in bytes, as its source counts it (a Kinesis or
+    /// Firehose record's data, an SQS body, an SNS message, a DynamoDB change's `SizeBytes`);
+    /// 0 where the source says none.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            SourceRecord::Kinesis(r) => r.kinesis.data.0.len(),
+            SourceRecord::DynamoDb(r) => usize::try_from(r.change.size_bytes).unwrap_or(0),
+            SourceRecord::Sqs(m) => m.body.as_ref().map_or(0, String::len),
+            SourceRecord::Sns(r) => r.sns.message.len(),
+            SourceRecord::Firehose(r) => r.data.0.len(),
+            _ => 0,
+        }
+    }
+
     /// When the record reached its source (epoch ms), where the record says: a Kinesis or
     /// Firehose arrival time, a DynamoDB change time, an SQS send time, an SNS, S3 or
     /// EventBridge event time, the `time` of a direct invocation.

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::metrics::MetricsConfig;
+
 /// What the library takes from the environment, read once, at the edge.
 ///
 /// A function's `main` (or its `from_env`) calls [`Settings::from_env`] once and passes the
@@ -33,6 +35,7 @@ use serde_json::{Map, Value};
 /// | `MASTER_KEY_ALIAS`, `ENCRYPTED_FIELDS` (comma-separated) | `master_key_alias`, `encrypted_fields` | none |
 /// | `DATA_KEY_MAX_AGE` (ms) | `data_key_max_age` | the container's life |
 /// | `IDEMPOTENCY_TABLE_NAME`, `IDEMPOTENCY_MAX_ATTEMPTS` | `idempotency_table`, `idempotency_max_attempts` | none |
+/// | `METRICS` (`*`, `emf`, or families: `batch`, `pipeline`, `errors`), `NAMESPACE` | `metrics` | off; `lambda-stream/metrics` |
 /// | `CIRCUIT_BREAKER_FAILED_BATCHES`, `CIRCUIT_BREAKER_RETRY_RATIO`, `CIRCUIT_BREAKER_MIN_RECORDS`, `CIRCUIT_BREAKER_BATCH_SIZE`, `CIRCUIT_BREAKER_COOL_DOWN_SECONDS` | `breaker` | off; 10 records; switch off; 300 s |
 ///
 /// ```
@@ -108,6 +111,9 @@ pub struct Settings {
     pub idempotency_max_attempts: Option<u32>,
     /// The circuit breaker's thresholds (`CIRCUIT_BREAKER_*`).
     pub breaker: BreakerSettings,
+    /// Which metrics each invocation prints in CloudWatch's embedded metric format
+    /// (`METRICS`, `NAMESPACE`; see [`crate::metrics`]).
+    pub metrics: MetricsConfig,
 }
 
 /// When a [`CircuitBreaker`](crate::breaker::CircuitBreaker) trips and what it does.
@@ -170,6 +176,7 @@ impl Default for Settings {
             idempotency_table: None,
             idempotency_max_attempts: None,
             breaker: BreakerSettings::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -247,6 +254,10 @@ impl Settings {
                 batch_size: count("CIRCUIT_BREAKER_BATCH_SIZE").and_then(|n| i32::try_from(n).ok()),
                 cool_down: count("CIRCUIT_BREAKER_COOL_DOWN_SECONDS")
                     .map_or(d.breaker.cool_down, |s| Duration::from_secs(s as u64)),
+            },
+            metrics: MetricsConfig {
+                namespace: var("NAMESPACE"),
+                ..MetricsConfig::parse(&var("METRICS").unwrap_or_default())
             },
         }
     }

@@ -99,6 +99,8 @@ pub(crate) struct RunCtx {
     finishers: Mutex<Vec<Finisher>>,
     /// What units answered (a Firehose transformation's data), by unit ordinal.
     answers: Mutex<Vec<(u32, Transformed)>>,
+    /// Units sent back for retry, by the name of why (metrics).
+    retried_by: Mutex<std::collections::BTreeMap<String, usize>>,
 }
 
 /// Work a step leaves for the end of its run: it gets the run, and every unit's final outcome
@@ -132,6 +134,7 @@ impl RunCtx {
             failures: Mutex::new(Vec::new()),
             finishers: Mutex::new(Vec::new()),
             answers: Mutex::new(Vec::new()),
+            retried_by: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -185,6 +188,7 @@ impl RunCtx {
             ErrorClass::Poison => self.fault(anchor, err),
             ErrorClass::Transient => {
                 let reason = err.to_string();
+                self.count_retry(err.name(), anchor.len());
                 {
                     let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
                     failures.extend(anchor.iter().map(|o| (o.unit, reason.clone())));
@@ -242,7 +246,34 @@ impl RunCtx {
 
     /// Sends the item back for retry without starting it.
     pub(crate) fn not_started<T: Work>(&self, item: &T, reason: &str) {
-        self.retry(anchor_of(item), reason);
+        let anchor = anchor_of(item);
+        let name = if reason == BLOCKED {
+            "KeyBlocked"
+        } else {
+            "NotStarted"
+        };
+        self.count_retry(name, anchor.len());
+        self.retry(anchor, reason);
+    }
+
+    fn count_retry(&self, name: &str, units: usize) {
+        let mut by = self
+            .retried_by
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for _ in 0..units {
+            crate::metrics::count_error(&mut by, name);
+        }
+    }
+
+    /// Units sent back for retry by the name of why, taken once the run is over.
+    pub(crate) fn take_retried_by(&self) -> std::collections::BTreeMap<String, usize> {
+        std::mem::take(
+            &mut *self
+                .retried_by
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Records what a unit answers (moved in: the data is not copied on its way out).
