@@ -68,6 +68,33 @@ impl Event {
         }
     }
 
+    /// The id that follows this event's causal chain across functions: its `correlationId`
+    /// tag, else a `correlationId` field, else the id of the event it was derived from
+    /// (`triggers[0].id` of a higher-order event), else its own id.
+    ///
+    /// ```
+    /// use lambda_stream::Event;
+    ///
+    /// let mut e = Event::new("e2", "thing-hot", 0);
+    /// assert_eq!(e.correlation_id(), "e2");
+    /// e.tags.insert("correlationId".into(), "req-7".into());
+    /// assert_eq!(e.correlation_id(), "req-7");
+    /// ```
+    pub fn correlation_id(&self) -> &str {
+        self.tags
+            .get("correlationId")
+            .and_then(Value::as_str)
+            .or_else(|| self.fields.get("correlationId").and_then(Value::as_str))
+            .or_else(|| {
+                self.fields
+                    .get("triggers")
+                    .and_then(|t| t.get(0))
+                    .and_then(|t| t.get("id"))
+                    .and_then(Value::as_str)
+            })
+            .unwrap_or(&self.id)
+    }
+
     /// The entity (or any other extra field) stored under `name`.
     pub fn entity(&self, name: &str) -> Option<&Value> {
         self.fields.get(name)

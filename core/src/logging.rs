@@ -1,14 +1,43 @@
 //! Logging set-up for Lambda functions.
 
+use tracing_subscriber::fmt::MakeWriter;
+
 /// Installs a JSON `tracing` subscriber (one object a line, as CloudWatch Logs Insights reads
 /// them), filtered by `RUST_LOG` (default `info`). Calling it twice is harmless.
+///
+/// Each line carries its spans: the Lambda runtime's invocation span (`requestId`,
+/// `xrayTraceId`) and the pipeline's (`id`), so a line is found by request and by pipeline;
+/// a fault or retry line also names the `event` and its `correlation` id
+/// ([`Event::correlation_id`](crate::Event::correlation_id)), to follow one record across
+/// functions. Events' contents are never logged.
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let _ = tracing::subscriber::set_global_default(json(std::io::stdout, filter));
+}
+
+/// The subscriber [`init`] installs, writing to `writer` with `filter` (for a test, or a
+/// function that sends its logs elsewhere).
+///
+/// ```
+/// use tracing_subscriber::EnvFilter;
+///
+/// let subscriber = lambda_stream::logging::json(std::io::sink, EnvFilter::new("warn"));
+/// tracing::subscriber::with_default(subscriber, || tracing::warn!(pipeline = "p1", "fault"));
+/// ```
+pub fn json<W>(
+    writer: W,
+    filter: tracing_subscriber::EnvFilter,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
         .with_current_span(true)
+        .with_span_list(true)
         .without_time() // Lambda stamps every line already
-        .try_init();
+        .with_writer(writer)
+        .finish()
 }

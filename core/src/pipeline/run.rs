@@ -227,7 +227,15 @@ impl RunCtx {
     }
 
     pub(crate) fn fault(&self, anchor: Anchor, err: StepError) {
-        tracing::warn!(pipeline = %self.pipeline, error = %err, records = anchor.len(), "fault");
+        let first = anchor.first().map(|o| &o.event);
+        tracing::warn!(
+            pipeline = %self.pipeline,
+            event = first.map_or("", |e| e.id.as_str()),
+            correlation = first.map_or("", |e| e.correlation_id()),
+            error = %err,
+            records = anchor.len(),
+            "fault"
+        );
         self.settle(&anchor, Outcome::Faulted);
         self.faults
             .lock()
@@ -239,7 +247,15 @@ impl RunCtx {
     }
 
     pub(crate) fn retry(&self, anchor: Anchor, reason: &str) {
-        tracing::debug!(pipeline = %self.pipeline, %reason, records = anchor.len(), "retry");
+        let first = anchor.first().map(|o| &o.event);
+        tracing::debug!(
+            pipeline = %self.pipeline,
+            event = first.map_or("", |e| e.id.as_str()),
+            correlation = first.map_or("", |e| e.correlation_id()),
+            %reason,
+            records = anchor.len(),
+            "retry"
+        );
         self.settle(&anchor, Outcome::Retry);
         self.blocked.block(&anchor);
     }

@@ -1,0 +1,92 @@
+//! What a function logs: JSON lines with the request, the pipeline, the event and its
+//! correlation id, and never an event's contents. Alone in its test binary: `tracing` caches
+//! per call site whether anyone listens, and tests logging on other threads without a
+//! subscriber would race with this one's.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lambda_stream::testing::*;
+use lambda_stream::{Event, Handler, Pipeline, StepError, UnitOfWork, sources};
+use serde_json::Value;
+
+/// A writer the test reads back.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = lambda_stream::logging::json(
+        move || writer.clone(),
+        // as deployed (RUST_LOG=info): at warn, the info spans would be filtered out too
+        tracing_subscriber::EnvFilter::new("info"),
+    );
+    let handler = Handler::builder(MemoryFaults::default())
+        .pipeline(
+            Pipeline::new("views").map(|_uow: UnitOfWork| -> Result<UnitOfWork, StepError> {
+                Err(StepError::poison_msg("no thing").named("NoThing"))
+            }),
+        )
+        .build()
+        .unwrap();
+    let mut event = Event::new("e1", "thing-updated", 1).with_partition_key("t1");
+    event
+        .tags
+        .insert("correlationId".into(), "request-42".into());
+    event
+        .fields
+        .insert("thing".into(), serde_json::json!({"secret": "s3cr3t"}));
+    tracing::subscriber::with_default(subscriber, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                // the span the Lambda runtime opens around each invocation
+                let span = tracing::info_span!("Lambda runtime invoke", requestId = "req-1");
+                let _entered = span.enter();
+                handler
+                    .handle::<sources::Kinesis>(
+                        to_kinesis_records(&[event]),
+                        &context(Duration::from_secs(30)),
+                    )
+                    .await
+                    .unwrap();
+            })
+    });
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let fault: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["fields"]["message"] == "fault")
+        .unwrap_or_else(|| panic!("no fault line in {text}"));
+    assert_eq!(fault["fields"]["pipeline"], "views");
+    assert_eq!(fault["fields"]["event"], "e1");
+    assert_eq!(fault["fields"]["correlation"], "request-42");
+    let spans = fault["spans"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{fault}"));
+    assert_eq!(spans[0]["requestId"], "req-1");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "pipeline" && s["id"] == "views"),
+        "{fault}"
+    );
+    assert!(
+        !text.contains("s3cr3t"),
+        "an event's contents are never logged: {text}"
+    );
+}
