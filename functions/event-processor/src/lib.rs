@@ -162,6 +162,10 @@ pub fn decide(cmd: &StoredCommand, snapshot: &Snapshot) -> Result<Event, StepErr
     event.fields.insert("version".into(), json!(version));
     event.tags.insert("source".into(), json!(service()));
     event.tags.insert("requestId".into(), json!(cmd.request_id));
+    // one record followed across functions by the request that caused it (logs, faults)
+    event
+        .tags
+        .insert("correlationId".into(), json!(cmd.request_id));
     event.tags.insert("command".into(), json!(cmd.sequence));
     Ok(event)
 }

@@ -219,6 +219,9 @@ async fn many_commands_on_one_thing_in_a_batch_are_decided_in_order_and_once() {
         last["thing"],
         json!({"id": "a", "name": "A again", "color": "green"})
     );
+    // followed across functions by the request that caused it
+    assert_eq!(last["tags"]["correlationId"], last["tags"]["requestId"]);
+    assert!(last["tags"]["correlationId"].is_string());
     // each rejected command faults once per delivery, always as the same fault
     let published = faults.published();
     let mut ids: Vec<&str> = published.iter().map(|f| f.id.as_str()).collect();
