@@ -228,7 +228,9 @@ impl InvocationMetrics {
     /// let tags = serde_json::Map::from_iter([("functionname".to_owned(), "listener".into())]);
     /// let docs = m.documents(&MetricsConfig::parse("batch"), &tags, 1_700_000_000_000);
     /// assert_eq!(docs[0]["stream.batch.size"], 3);
-    /// assert_eq!(docs[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0], "functionname");
+    /// let dimensions = &docs[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0];
+    /// assert_eq!(dimensions[0], "sourcetype");
+    /// assert_eq!(dimensions[1], "functionname");
     /// ```
     pub fn documents(
         &self,
