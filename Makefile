@@ -51,6 +51,11 @@ template: $(TOOLS)/sam
 sam-build: $(TOOLS)/sam
 	PATH="$(abspath $(TOOLS)):$$PATH" $(TEMPLATE_ENV) sam build --beta-features
 
-## bench: the criterion benchmarks (release build)
+## bench: the criterion benchmarks, then the side-by-side suite (bench/: the production path
+## against its floor, the functions over canned AWS answers, latency, peak RSS, cold start, and
+## aws-lambda-stream on the same batches; needs Node 20 for the peer, installed in bench/peer)
 bench:
 	$(CARGO) bench --workspace
+	cd bench/peer && npm ci --no-audit --no-fund --loglevel=error
+	$(CARGO) build --release -p listener -p stream-bench
+	$(CARGO) run --release --quiet -p stream-bench
