@@ -21,15 +21,28 @@ use crate::sources::Source;
 ///     lambda_stream::run::<sources::Sqs>(handler).await
 /// }
 /// ```
+///
+/// With the `otel` feature and trace export configured, each invocation is a span (the
+/// runtime's `OpenTelemetryLayer`) and its spans are flushed once the response is posted, before the
+/// runtime polls for the next invocation (when Lambda may freeze the process).
 pub async fn run<S: Source>(handler: Handler) -> Result<(), lambda_runtime::Error> {
     let handler = Arc::new(handler);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<S::Event>| {
+    let service = service_fn(move |event: LambdaEvent<S::Event>| {
         let handler = Arc::clone(&handler);
         async move {
             Ok::<_, lambda_runtime::Error>(
                 handler.handle::<S>(event.payload, &event.context).await?,
             )
         }
-    }))
-    .await
+    });
+    #[cfg(feature = "otel")]
+    if crate::traces::provider().is_some() {
+        use lambda_runtime::layers::{OpenTelemetryLayer, TracingLayer};
+        return lambda_runtime::Runtime::new(service)
+            .layer(TracingLayer::new())
+            .layer(OpenTelemetryLayer::new(crate::traces::flush))
+            .run()
+            .await;
+    }
+    lambda_runtime::run(service).await
 }

@@ -55,6 +55,8 @@ pub mod sources;
 pub mod tags;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(feature = "otel")]
+pub mod traces;
 
 // The layers below: their items are re-exported here, once.
 mod delivery;

@@ -1,6 +1,9 @@
 //! Logging set-up for Lambda functions.
 
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 
 /// Installs a JSON `tracing` subscriber (one object a line, as CloudWatch Logs Insights reads
 /// them), filtered by `RUST_LOG` (default `info`). Calling it twice is harmless.
@@ -10,10 +13,21 @@ use tracing_subscriber::fmt::MakeWriter;
 /// a fault or retry line also names the `event` and its `correlation` id
 /// ([`Event::correlation_id`](crate::Event::correlation_id)), to follow one record across
 /// functions. Events' contents are never logged.
+///
+/// With the `otel` feature and the OpenTelemetry variables set, spans are exported as well
+/// (see the `traces` module); `RUST_LOG` filters the log lines only.
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing::subscriber::set_global_default(json(std::io::stdout, filter));
+    let subscriber = json(std::io::stdout, filter);
+    #[cfg(feature = "otel")]
+    if let Some(provider) = crate::traces::provider() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = subscriber.with(crate::traces::layer(provider));
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        return;
+    }
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 /// The subscriber [`init`] installs, writing to `writer` with `filter` (for a test, or a
@@ -25,19 +39,22 @@ pub fn init() {
 /// let subscriber = lambda_stream::logging::json(std::io::sink, EnvFilter::new("warn"));
 /// tracing::subscriber::with_default(subscriber, || tracing::warn!(pipeline = "p1", "fault"));
 /// ```
+///
+/// The filter applies to the log lines alone, so another layer added to the subscriber (trace
+/// export) chooses its own spans.
 pub fn json<W>(
     writer: W,
     filter: tracing_subscriber::EnvFilter,
-) -> impl tracing::Subscriber + Send + Sync + 'static
+) -> impl tracing::Subscriber + for<'s> LookupSpan<'s> + Send + Sync + 'static
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    tracing_subscriber::fmt()
+    let lines = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(filter)
         .with_current_span(true)
         .with_span_list(true)
         .without_time() // Lambda stamps every line already
         .with_writer(writer)
-        .finish()
+        .with_filter(filter);
+    tracing_subscriber::registry().with(lines)
 }
