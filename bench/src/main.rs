@@ -12,7 +12,8 @@
 //! - aws-lambda-stream (`bench/peer`, its latest release, pinned) on the same batches, its
 //!   connectors stubbed and with its SDK clients over an in-memory HTTP handler.
 //!
-//! Prints a markdown table and writes it to `target/bench/results.md`.
+//! Prints a markdown table and writes it to `target/bench/results.md`, and the figures to
+//! `target/bench/results.json` (what `local-stack capacity --bench` reads).
 
 use std::io::Read as _;
 use std::net::TcpListener;
@@ -544,4 +545,18 @@ fn main() {
     }
     println!("{table}");
     let _ = std::fs::write(out_dir.join("results.md"), &table);
+    // for `local-stack capacity --bench <target>/bench/results.json`
+    let scenarios: serde_json::Map<String, Value> = rows
+        .iter()
+        .filter_map(|(name, m)| {
+            m.as_ref().map(|m| {
+                (
+                    name.clone(),
+                    json!({"median_ms": m.median_ms, "peak_rss_mb": m.peak_rss_mb, "calls": m.calls}),
+                )
+            })
+        })
+        .collect();
+    let results = json!({"records": records, "cold_start_ms": cold, "scenarios": scenarios});
+    let _ = std::fs::write(out_dir.join("results.json"), results.to_string());
 }

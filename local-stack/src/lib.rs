@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod binaries;
+pub mod capacity;
 pub mod chaos;
 pub mod demo;
 pub mod destination;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use local_stack::provision::names_only;
 use local_stack::stack::{Options, Stack};
 use local_stack::template::Template;
-use local_stack::{Error, chaos, demo, load, replay};
+use local_stack::{Error, capacity, chaos, demo, load, replay};
 
 #[derive(Parser)]
 #[command(
@@ -129,6 +129,31 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The capacity model: for each target rate, the Kinesis shards, parallelization factor,
+    /// Lambda memory, concurrency and GB-seconds, DynamoDB write units, EventBridge entries and
+    /// a month's cost (the dated price table in `local-stack/src/prices.json`), for this
+    /// library and for aws-lambda-stream on Node, from `make bench`'s per-record figures.
+    /// Needs nothing running.
+    Capacity {
+        /// Target rates, events a second (repeatable).
+        #[arg(long = "rate", default_values_t = [1_000.0, 10_000.0, 100_000.0, 1_000_000.0])]
+        rates: Vec<f64>,
+        /// An event's size in bytes.
+        #[arg(long, default_value_t = 1100.0)]
+        event_bytes: f64,
+        /// Records per invocation (the template's BatchSize).
+        #[arg(long, default_value_t = 100.0)]
+        batch_size: f64,
+        /// One AWS call's round trip, ms (a conditional write in the region).
+        #[arg(long, default_value_t = 8.0)]
+        call_ms: f64,
+        /// Calls in flight per batch (PARALLEL).
+        #[arg(long, default_value_t = 4.0)]
+        parallel: f64,
+        /// A `make bench` run's results.json (default: the figures of the run in the README).
+        #[arg(long)]
+        bench: Option<PathBuf>,
+    },
     /// List, show and resubmit the fault events the fault monitor stored: the fault monitor's
     /// `faults` command (`local-stack faults --help` shows its own), with the bucket defaulting
     /// to the template's `FaultsBucketName` output for the stack.
@@ -150,6 +175,38 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .try_init();
 
+    if let Command::Capacity {
+        rates,
+        event_bytes,
+        batch_size,
+        call_ms,
+        parallel,
+        bench,
+    } = &cli.command
+    {
+        let (ours, peer) = match bench {
+            Some(path) => match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| capacity::Measured::from_bench(&text))
+            {
+                Ok(both) => both,
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            },
+            None => (capacity::Measured::ours(), capacity::Measured::peer()),
+        };
+        let model = capacity::Model {
+            event_bytes: *event_bytes,
+            batch_size: *batch_size,
+            call_ms: *call_ms,
+            parallel: *parallel,
+            ..capacity::Model::default()
+        };
+        println!("{}", model.report(&ours, &peer, rates));
+        return ExitCode::SUCCESS;
+    }
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -215,6 +272,8 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            // answered before the runtime started
+            Command::Capacity { .. } => ExitCode::SUCCESS,
         }
     })
 }
