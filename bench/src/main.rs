@@ -19,8 +19,8 @@ use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::kinesis::KinesisEvent;
@@ -165,53 +165,42 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap_or_else(|e| panic!("tokio: {e}"))
 }
 
-/// The listener's pipelines with an in-memory sink: the production path without the SDK.
-fn production_handler(written: Arc<Mutex<usize>>) -> Handler {
-    let view = |id: &str, types: &[&str]| {
-        let written = Arc::clone(&written);
-        Pipeline::new(id)
-            .on_event_type(types.to_vec())
-            .map(|uow: UnitOfWork| {
-                let request = listener::to_put_request(&uow)?;
-                Ok(uow.with(request))
-            })
-            .then(move |uow: UnitOfWork<PutRequest>| {
-                let written = Arc::clone(&written);
-                async move {
-                    *written.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-                    Ok::<_, StepError>(uow.with(()))
-                }
-            })
-            .into_pipeline()
-    };
-    Handler::builder(MemoryFaults::default())
-        .in_key_order()
-        .pipeline(view("thing-view", &["thing-created", "thing-updated"]))
-        .pipeline(view("thing-deleted", &["thing-deleted"]))
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"))
+/// A step that counts the units reaching it: the in-memory sink.
+fn count<T: Send + 'static>(
+    written: &Arc<AtomicUsize>,
+) -> impl Fn(UnitOfWork<T>) -> std::future::Ready<Result<UnitOfWork<()>, StepError>>
++ Send
++ Sync
++ 'static {
+    let written = Arc::clone(written);
+    move |uow| {
+        written.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(Ok(uow.with(())))
+    }
 }
 
-/// The listener's routing with pipelines that only count what reaches them: the framework's
-/// own path (decode, route, collect outcomes, respond) without the listener's request building.
-fn routing_handler(written: Arc<Mutex<usize>>) -> Handler {
-    let route = |id: &str, types: &[&str]| {
-        let written = Arc::clone(&written);
-        Pipeline::new(id)
-            .on_event_type(types.to_vec())
-            .then(move |uow: UnitOfWork| {
-                let written = Arc::clone(&written);
-                async move {
-                    *written.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-                    Ok::<_, StepError>(uow.with(()))
-                }
-            })
-            .into_pipeline()
+/// The listener's two pipelines into an in-memory sink. With `map_rows`, each unit is mapped to
+/// the listener's row and condition first (the production path without the SDK); without, the
+/// sink gets the unit as routed (the framework's own path: decode, route, outcomes, response).
+fn in_memory_handler(written: &Arc<AtomicUsize>, map_rows: bool) -> Handler {
+    let pipeline = |id: &str, types: &[&str]| {
+        let routed = Pipeline::new(id).on_event_type(types.to_vec());
+        if map_rows {
+            routed
+                .map(|uow: UnitOfWork| {
+                    let request = listener::to_put_request(&uow)?;
+                    Ok(uow.with(request))
+                })
+                .then(count::<PutRequest>(written))
+                .into_pipeline()
+        } else {
+            routed.then(count::<()>(written)).into_pipeline()
+        }
     };
     Handler::builder(MemoryFaults::default())
         .in_key_order()
-        .pipeline(route("thing-view", &["thing-created", "thing-updated"]))
-        .pipeline(route("thing-deleted", &["thing-deleted"]))
+        .pipeline(pipeline("thing-view", &["thing-created", "thing-updated"]))
+        .pipeline(pipeline("thing-deleted", &["thing-deleted"]))
         .build()
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -241,12 +230,8 @@ fn scenario(name: &str, input: &Path, runs: usize) -> Measured {
             (a, b, c, 0)
         }
         "production" | "routing" => {
-            let written = Arc::new(Mutex::new(0));
-            let handler = if name == "routing" {
-                routing_handler(Arc::clone(&written))
-            } else {
-                production_handler(Arc::clone(&written))
-            };
+            let written = Arc::new(AtomicUsize::new(0));
+            let handler = in_memory_handler(&written, name == "production");
             let (a, b, c) = time(runs, || {
                 let batch: KinesisRecords =
                     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("batch: {e}"));
@@ -255,7 +240,7 @@ fn scenario(name: &str, input: &Path, runs: usize) -> Measured {
                     .unwrap_or_else(|e| panic!("{e}"));
                 std::hint::black_box(serde_json::to_vec(&response).unwrap_or_default());
             });
-            let n = *written.lock().unwrap_or_else(|p| p.into_inner());
+            let n = written.load(Ordering::Relaxed);
             (a, b, c, n / (runs + 1))
         }
         "listener-sdk" | "listener-sdk-2ms-p4" | "listener-sdk-2ms-p8" => {
