@@ -42,6 +42,10 @@ use serde_json::{Value, json};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's setting as `template.yaml` deploys it (`Globals`): freed pages are kept, not
+/// returned to the OS, so each scenario's process runs as the deployed functions do.
+const ALLOCATOR_ENV: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "-1");
+
 /// The simulated latency of a call in the latency scenarios.
 const LATENCY: Duration = Duration::from_millis(2);
 
@@ -314,6 +318,7 @@ fn cold_start(binary: &Path) -> Option<f64> {
         let started = Instant::now();
         let mut child = Command::new(binary)
             .env_clear()
+            .env(ALLOCATOR_ENV.0, ALLOCATOR_ENV.1)
             .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", "bench-listener")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
@@ -359,6 +364,7 @@ fn parse_measured(text: &str) -> Option<Measured> {
 fn own(scenario: &str, input: &Path, runs: usize) -> Option<Measured> {
     let me = std::env::current_exe().ok()?;
     let out = Command::new(me)
+        .env(ALLOCATOR_ENV.0, ALLOCATOR_ENV.1)
         .args(["--scenario", scenario, "--input"])
         .arg(input)
         .args(["--runs", &runs.to_string()])
