@@ -70,6 +70,8 @@ pub struct StreamMapping {
     pub on_failure: Option<String>,
     /// Event filters; a record is delivered if any matches (all when empty).
     pub filters: Vec<Pattern>,
+    /// `ParallelizationFactor`: concurrent batches per shard (1–10).
+    pub parallelization: usize,
 }
 
 /// An SQS event source mapping.
@@ -238,6 +240,9 @@ impl FunctionSpec {
                                 None => None,
                             },
                             filters: filters(names, &p)?,
+                            parallelization: u64_of(p.get("ParallelizationFactor"))
+                                .unwrap_or(1)
+                                .clamp(1, 10) as usize,
                         })
                     }
                     "SQS" => EventSource::Queue(QueueMapping {

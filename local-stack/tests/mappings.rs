@@ -171,6 +171,7 @@ fn mapping(
         bisect: false,
         on_failure,
         filters: Vec::new(),
+        parallelization: 1,
     }
 }
 
@@ -606,4 +607,158 @@ async fn sqs_redelivers_only_the_reported_messages() {
     assert_eq!((count(0), count(1), count(2)), (1, 2, 1), "{bodies:?}");
     assert!(drain_queue(&url).await.is_empty(), "the queue is empty");
     assert_eq!(function.calls()[0]["Records"][0]["eventSource"], "aws:sqs");
+}
+
+/// A function that takes `delay` per invocation, answers with `answer(attempt of the batch's
+/// records, batch)`, and records every batch and how many ran at once.
+struct Concurrent {
+    calls: Mutex<Vec<Value>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    delay: Duration,
+    answer: Answering,
+}
+
+impl Invoke for Concurrent {
+    fn name(&self) -> &str {
+        "recording"
+    }
+    fn arn(&self) -> String {
+        "arn:aws:lambda:us-east-1:123456789012:function:recording".into()
+    }
+    fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Result<Bytes, FunctionError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(self.delay).await;
+            let batch: Value = serde_json::from_slice(&payload).unwrap();
+            let n = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(batch.clone());
+                calls.len()
+            };
+            let answer = (self.answer)(n, &batch).map(|v| Bytes::from(v.to_string()));
+            self.in_flight.fetch_sub(1, SeqCst);
+            answer
+        })
+    }
+}
+
+/// Sequence numbers in shard order.
+fn seq_order(a: &str, b: &str) -> std::cmp::Ordering {
+    (a.len(), a).cmp(&(b.len(), b))
+}
+
+#[tokio::test]
+async fn parallelization_10_keeps_each_keys_order_a_retry_holds_only_its_lane_and_the_checkpoint_waits()
+ {
+    use local_stack::mapping::stream::lane;
+    let total = 120;
+    let records: Vec<Value> = (0..total)
+        .map(|i| json!({"id": format!("e{i}"), "type": "thing-updated", "timestamp": 1, "partitionKey": format!("k{}", i % 12), "n": i}))
+        .collect();
+    let arn = stream_with(&records).await;
+    let activity: Arc<Activity> = Arc::default();
+    // record n = 3 (key k3) fails its first three deliveries, and each time the checkpoint is
+    // read; every call notes what it accepted (the records before a reported failure), in order
+    let observed: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let accepted: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
+    let (seen, watched, done) = (
+        Arc::clone(&observed),
+        Arc::clone(&activity),
+        Arc::clone(&accepted),
+    );
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let function = Arc::new(Concurrent {
+        calls: Mutex::new(Vec::new()),
+        in_flight: Default::default(),
+        most: Default::default(),
+        delay: Duration::from_millis(20),
+        answer: Box::new(move |_, batch| {
+            let records = batch["Records"].as_array().unwrap();
+            let n3 = records.iter().position(|r| data(r)["n"] == 3);
+            let fail =
+                n3.filter(|_| failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3);
+            let upto = fail.unwrap_or(records.len());
+            done.lock().unwrap().extend(records[..upto].iter().map(|r| {
+                let seq = r["kinesis"]["sequenceNumber"].as_str().unwrap().to_owned();
+                (data(r)["n"].as_i64().unwrap(), seq)
+            }));
+            match fail {
+                Some(i) => {
+                    let checkpoint = watched
+                        .snapshot()
+                        .get("recording/test")
+                        .and_then(|c| c.checkpoints.values().next().cloned());
+                    seen.lock().unwrap().push(checkpoint);
+                    let seq = &records[i]["kinesis"]["sequenceNumber"];
+                    Ok(json!({"batchItemFailures": [{"itemIdentifier": seq}]}))
+                }
+                None => Ok(json!({"batchItemFailures": []})),
+            }
+        }),
+    });
+    let mut m = mapping(&arn, 5, None, None);
+    m.parallelization = 10;
+    let poller = StreamPoller {
+        mapping: m,
+        function: function.clone(),
+        clients: clients().await,
+        activity: Arc::clone(&activity),
+        region: "us-east-1".into(),
+        chaos: None,
+        control: control(),
+    };
+    let activity = run_until(poller, total as u64).await;
+
+    let accepted = accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), total, "each record accepted exactly once");
+    for k in 0..12 {
+        let ns: Vec<i64> = accepted
+            .iter()
+            .filter(|(n, _)| n % 12 == k)
+            .map(|(n, _)| *n)
+            .collect();
+        let expected: Vec<i64> = (0..total as i64).filter(|n| n % 12 == k).collect();
+        assert_eq!(ns, expected, "key k{k}: in order, each once");
+    }
+    let most = function.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most > 1,
+        "batches of one shard ran concurrently (at most {most} at once)"
+    );
+
+    // the retry held k3's lane only: every record of the other lanes was done before n = 3
+    let held = lane("k3", 10);
+    let position = |n: i64| accepted.iter().position(|(m, _)| *m == n).unwrap();
+    let other_lanes_last = (0..total as i64)
+        .filter(|n| lane(&format!("k{}", n % 12), 10) != held)
+        .map(position)
+        .max()
+        .unwrap();
+    assert!(
+        other_lanes_last < position(3),
+        "the other lanes finished while k3's lane waited"
+    );
+
+    // the checkpoint never passed n = 3 while it was unfinished, and ends at the last record
+    let seq_of = |n: i64| accepted[position(n)].1.clone();
+    let n3 = seq_of(3);
+    let observed = observed.lock().unwrap().clone();
+    assert_eq!(observed.len(), 3);
+    for c in observed.iter().flatten() {
+        assert_eq!(
+            seq_order(c, &n3),
+            std::cmp::Ordering::Less,
+            "checkpoint {c} passed the unfinished record {n3}"
+        );
+    }
+    let last = seq_of(total as i64 - 1);
+    let end = activity.snapshot()["recording/test"]
+        .checkpoints
+        .values()
+        .next()
+        .cloned();
+    assert_eq!(end, Some(last), "the checkpoint ends past every record");
 }

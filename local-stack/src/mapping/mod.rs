@@ -10,7 +10,12 @@
 //! - function errors: the whole batch is retried; with `BisectBatchOnFunctionError` it is split
 //!   in two until the failing record is alone (splits do not count as retries);
 //! - `MaximumRetryAttempts` and `MaximumRecordAgeInSeconds`: the batch is then described on the
-//!   on-failure destination (an SQS queue) and the shard moves on.
+//!   on-failure destination (an SQS queue) and the shard moves on;
+//! - `ParallelizationFactor` (1–10): a shard's records are split by partition key hash into that
+//!   many lanes, each delivering one batch at a time in order, concurrently with the others; a
+//!   retry holds its own lane only, and the shard's checkpoint moves past a record only when it
+//!   and every record before it has finished ([`checkpoint`]);
+//! - SQS `ScalingConfig.MaximumConcurrency`: that many batches in flight at once.
 //!
 //! The rules themselves are pure and tested on their own ([`policy`]); the pollers read, invoke
 //! and write around them. `UpdateEventSourceMapping` (enabled, batch size) reaches a running
@@ -20,6 +25,7 @@
 //! schedule, and an SQS message a function failed becomes visible again after 1 s rather than
 //! after the queue's visibility timeout.
 
+pub mod checkpoint;
 pub mod control;
 pub mod policy;
 pub mod queue;
@@ -46,6 +52,11 @@ pub struct Counters {
     pub retried: u64,
     /// Records given up on and described on the on-failure destination.
     pub given_up: u64,
+    /// Streams: the oldest record's age when its batch was delivered, at most (milliseconds).
+    pub max_iterator_age_ms: u64,
+    /// Streams: each shard's checkpoint, the last sequence number up to which every record
+    /// has finished.
+    pub checkpoints: BTreeMap<String, String>,
 }
 
 /// Counters of every mapping, by `function/event`.

@@ -1,8 +1,9 @@
-//! Kinesis and DynamoDB stream mappings: one poller per shard, in order, checkpointing as
-//! Lambda does.
+//! Kinesis and DynamoDB stream mappings: one reader per shard, its records split by partition
+//! key hash into `ParallelizationFactor` lanes that deliver concurrently, each in order, and a
+//! checkpoint per shard at the lowest unfinished record, as Lambda does.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodbstreams::types::ShardIteratorType as DdbIterator;
@@ -10,9 +11,10 @@ use aws_sdk_kinesis::types::ShardIteratorType as KinesisIterator;
 use bytes::Bytes;
 use rand::Rng;
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::Activity;
+use super::checkpoint::Checkpoint;
 use super::control::MappingControl;
 use super::policy::{self, Answer, Condition, Failed, Next, Rules, Settle, Shard};
 use super::records::{dynamodb_record, dynamodb_sequence, kinesis_filter_view, kinesis_record};
@@ -53,8 +55,32 @@ pub struct StreamPoller {
 
 struct Rec {
     seq: String,
+    /// The partition key (Kinesis) or the item's keys (DynamoDB): what picks the lane.
+    key: String,
+    /// Its place on the shard's [`Checkpoint`].
+    index: u64,
     arrival: f64,
     record: Value,
+}
+
+/// Chunks (one per `GetRecords`) a lane may hold unread before the shard's reader waits.
+const LANE_CHUNKS: usize = 16;
+
+/// The lane (0 to `factor` − 1) of a record's partition key: a stable hash, so one key's
+/// records always share a lane.
+///
+/// ```
+/// use local_stack::mapping::stream::lane;
+/// assert_eq!(lane("thing-1", 10), lane("thing-1", 10));
+/// assert!(lane("thing-1", 10) < 10);
+/// assert_eq!(lane("anything", 1), 0);
+/// ```
+pub fn lane(key: &str, factor: usize) -> usize {
+    // FNV-1a: stable across runs and builds, unlike std's randomly keyed hasher
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % factor.max(1) as u64) as usize
 }
 
 enum Reader {
@@ -229,6 +255,8 @@ impl StreamPoller {
                         .filter(|r| self.keep(&kinesis_filter_view(r)))
                         .map(|r| Rec {
                             seq: r.sequence_number().to_owned(),
+                            key: r.partition_key().unwrap_or_default().to_owned(),
+                            index: 0,
                             arrival: r
                                 .approximate_arrival_timestamp()
                                 .map_or(now_secs(), |t| t.as_secs_f64()),
@@ -257,6 +285,8 @@ impl StreamPoller {
                     if self.keep(&record) {
                         recs.push(Rec {
                             seq: dynamodb_sequence(r),
+                            key: record["dynamodb"]["Keys"].to_string(),
+                            index: 0,
                             arrival: record["dynamodb"]["ApproximateCreationDateTime"]
                                 .as_f64()
                                 .unwrap_or_else(now_secs),
@@ -281,11 +311,97 @@ impl StreamPoller {
         keep
     }
 
+    /// Reads one shard and hands its records to `ParallelizationFactor` lanes by partition key
+    /// hash; each lane delivers its records in order, one batch at a time, so a key's records
+    /// are never in two batches at once, and a retry holds only its own lane.
     async fn shard(&self, shard: &str, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
         let key = self.key();
-        let mut reader = self.reader(shard, None).await?;
-        // the sequence number of the last record read (delivered or filtered out)
-        let mut last: Option<String> = None;
+        let factor = self.mapping.parallelization.clamp(1, 10);
+        let checkpoint = Arc::new(Mutex::new(Checkpoint::default()));
+        let mut senders = Vec::with_capacity(factor);
+        let mut lanes = Vec::with_capacity(factor);
+        for _ in 0..factor {
+            let (tx, rx) = mpsc::channel::<Vec<Rec>>(LANE_CHUNKS);
+            senders.push(tx);
+            lanes.push(self.lane(shard, rx, Arc::clone(&checkpoint), stop.clone()));
+        }
+        // owns the senders: when it ends, a closed shard's lanes deliver what they hold, then end
+        let read = async move {
+            let mut reader = self.reader(shard, None).await?;
+            // the sequence number of the last record read (delivered or filtered out)
+            let mut last: Option<String> = None;
+            loop {
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                if !self.control.enabled() {
+                    // switched off: nothing is read or delivered; the checkpoint stays
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = stop.changed() => return Ok(()),
+                    }
+                    continue;
+                }
+                match self.read(&mut reader, shard, &mut last).await {
+                    Ok(Some(recs)) if !recs.is_empty() => {
+                        let mut chunks: Vec<Vec<Rec>> = (0..factor).map(|_| Vec::new()).collect();
+                        {
+                            let mut c = checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+                            for mut r in recs {
+                                r.index = c.read(&r.seq);
+                                chunks[lane(&r.key, factor)].push(r);
+                            }
+                        }
+                        for (tx, chunk) in senders.iter().zip(chunks) {
+                            if chunk.is_empty() {
+                                continue;
+                            }
+                            tokio::select! {
+                                sent = tx.send(chunk) => if sent.is_err() { return Ok(()) },
+                                _ = stop.changed() => return Ok(()),
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(Some(_)) => {
+                        if self.mapping.kind == StreamKind::DynamoDb {
+                            // moto replaces a table's stream shard when a transaction is
+                            // cancelled, stranding open iterators; a fresh one after the last
+                            // record read costs one call and sees the live shard
+                            reader = self.reader(shard, last.as_deref()).await?;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::info!(mapping = %key, shard, "shard closed; its poller ends once its records are delivered");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(mapping = %key, error = %e, "GetRecords failed; retrying");
+                        reader = self.reader(shard, last.as_deref()).await?;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        };
+        let (read, lanes): (Result<(), Error>, _) =
+            tokio::join!(read, futures::future::join_all(lanes));
+        read?;
+        lanes.into_iter().collect()
+    }
+
+    /// One lane of a shard: gathers its records into batches and delivers them in order, with
+    /// Lambda's retry, bisect and give-up rules; marks each record finished on the checkpoint.
+    async fn lane(
+        &self,
+        shard: &str,
+        mut records: mpsc::Receiver<Vec<Rec>>,
+        checkpoint: Arc<Mutex<Checkpoint>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let key = self.key();
         let mut buffer: VecDeque<Rec> = VecDeque::new();
         let mut closed = false;
         let mut state = Shard::new(Rules {
@@ -294,12 +410,24 @@ impl StreamPoller {
             max_retries: self.mapping.max_retries,
             max_age: self.mapping.max_age,
         });
+        let finish = |buffer: &mut VecDeque<Rec>, n: usize| {
+            let mut c = checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+            for r in buffer.drain(..n) {
+                c.finish(r.index);
+            }
+            let position = c.position().map(str::to_owned);
+            drop(c);
+            if let Some(position) = position {
+                self.activity.update(&key, |counters| {
+                    counters.checkpoints.insert(shard.to_owned(), position);
+                });
+            }
+        };
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
             if !self.control.enabled() {
-                // switched off: nothing is read or delivered; the checkpoint stays
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = stop.changed() => return Ok(()),
@@ -309,41 +437,33 @@ impl StreamPoller {
             let batch_size = self.control.batch_size();
             // gather a batch: up to batch_size records, or what arrived within the window
             let gather_until = Instant::now() + self.mapping.window;
-            while !closed && buffer.len() < batch_size {
-                match self.read(&mut reader, shard, &mut last).await {
-                    Ok(Some(recs)) => {
-                        let empty = recs.is_empty();
-                        buffer.extend(recs);
-                        if !empty {
-                            continue;
-                        }
-                        if self.mapping.kind == StreamKind::DynamoDb {
-                            // moto replaces a table's stream shard when a transaction is
-                            // cancelled, stranding open iterators; a fresh one after the last
-                            // record read costs one call and sees the live shard
-                            reader = self.reader(shard, last.as_deref()).await?;
-                        }
-                    }
-                    Ok(None) => closed = true,
-                    Err(e) => {
-                        tracing::warn!(mapping = %key, error = %e, "GetRecords failed; retrying");
-                        reader = self.reader(shard, last.as_deref()).await?;
-                    }
+            loop {
+                while let Ok(chunk) = records.try_recv() {
+                    buffer.extend(chunk);
                 }
-                if !buffer.is_empty() && Instant::now() >= gather_until {
+                let now = Instant::now();
+                if buffer.len() >= batch_size || (!buffer.is_empty() && now >= gather_until) {
                     break;
                 }
+                if closed {
+                    if buffer.is_empty() {
+                        return Ok(());
+                    }
+                    break;
+                }
+                let wait = if buffer.is_empty() {
+                    Duration::from_millis(200)
+                } else {
+                    gather_until - now
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    chunk = records.recv() => match chunk {
+                        Some(chunk) => buffer.extend(chunk),
+                        None => closed = true,
+                    },
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => return Ok(()),
                 }
-            }
-            if buffer.is_empty() {
-                if closed {
-                    tracing::info!(mapping = %key, shard, "shard closed; its poller ends");
-                    return Ok(());
-                }
-                continue;
             }
             let arrivals: Vec<f64> = buffer.iter().map(|r| r.arrival).collect();
             let n = match state.next(&arrivals, now_secs()) {
@@ -354,7 +474,7 @@ impl StreamPoller {
                 } => {
                     self.give_up(shard, &buffer, count, attempts, condition.as_str())
                         .await;
-                    buffer.drain(..count);
+                    finish(&mut buffer, count);
                     state.gave_up();
                     continue;
                 }
@@ -364,9 +484,11 @@ impl StreamPoller {
                 json!({"Records": buffer.iter().take(n).map(|r| &r.record).collect::<Vec<_>>()});
             let payload = Bytes::from(serde_json::to_vec(&payload)?);
             tracing::trace!(mapping = %key, payload = %String::from_utf8_lossy(&payload), "invoking");
+            let age_ms = ((now_secs() - arrivals[0]).max(0.0) * 1000.0) as u64;
             self.activity.update(&key, |c| {
                 c.invocations += 1;
                 c.delivered += n as u64;
+                c.max_iterator_age_ms = c.max_iterator_age_ms.max(age_ms);
             });
             let answer = self.function.invoke(payload).await;
             tracing::debug!(mapping = %key, records = n, ?answer, "invoked");
@@ -393,7 +515,7 @@ impl StreamPoller {
                         }
                         None => done,
                     };
-                    buffer.drain(..done);
+                    finish(&mut buffer, done);
                     self.activity.update(&key, |c| c.finished += done as u64);
                 }
                 Settle::Bisect => {
@@ -401,7 +523,7 @@ impl StreamPoller {
                     tracing::info!(mapping = %key, "function error; bisecting the batch");
                 }
                 Settle::Retry { done, delay } => {
-                    buffer.drain(..done);
+                    finish(&mut buffer, done);
                     self.activity.update(&key, |c| {
                         c.finished += done as u64;
                         c.retried += 1;
@@ -417,7 +539,7 @@ impl StreamPoller {
                     count,
                     attempts,
                 } => {
-                    buffer.drain(..done);
+                    finish(&mut buffer, done);
                     self.activity.update(&key, |c| {
                         c.finished += done as u64;
                         c.retried += 1;
@@ -430,7 +552,7 @@ impl StreamPoller {
                         Condition::RetryAttemptsExhausted.as_str(),
                     )
                     .await;
-                    buffer.drain(..count);
+                    finish(&mut buffer, count);
                 }
             }
         }
