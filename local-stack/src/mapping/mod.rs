@@ -14,8 +14,7 @@
 //! - `ParallelizationFactor` (1–10): a shard's records are split by partition key hash into that
 //!   many lanes, each delivering one batch at a time in order, concurrently with the others; a
 //!   retry holds its own lane only, and the shard's checkpoint moves past a record only when it
-//!   and every record before it has finished ([`checkpoint`]);
-//! - SQS `ScalingConfig.MaximumConcurrency`: that many batches in flight at once.
+//!   and every record before it has finished ([`checkpoint`]).
 //!
 //! The rules themselves are pure and tested on their own ([`policy`]); the pollers read, invoke
 //! and write around them. `UpdateEventSourceMapping` (enabled, batch size) reaches a running
