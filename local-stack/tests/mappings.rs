@@ -3,6 +3,8 @@
 //! The functions here are in-process stand-ins that answer as a Lambda function would; the
 //! streams, queues, bus and destinations are the emulator's.
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,17 +26,31 @@ use tokio::sync::watch;
 type Answer = Result<Value, FunctionError>;
 type Answering = Box<dyn Fn(usize, &Value) -> Answer + Send + Sync>;
 
-/// A function that records every batch and answers with `answer(call number, batch)`.
+/// A function that records every batch and answers with `answer(call number, batch)`, after
+/// `delay`, noting how many invocations ran at once.
 struct Recording {
     calls: Mutex<Vec<Value>>,
     answer: Answering,
+    delay: Duration,
+    in_flight: AtomicUsize,
+    most: AtomicUsize,
 }
 
 impl Recording {
     fn new(answer: impl Fn(usize, &Value) -> Answer + Send + Sync + 'static) -> Arc<Self> {
+        Self::slow(Duration::ZERO, answer)
+    }
+
+    fn slow(
+        delay: Duration,
+        answer: impl Fn(usize, &Value) -> Answer + Send + Sync + 'static,
+    ) -> Arc<Self> {
         Arc::new(Self {
             calls: Mutex::new(Vec::new()),
             answer: Box::new(answer),
+            delay,
+            in_flight: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
         })
     }
 
@@ -51,14 +67,22 @@ impl Invoke for Recording {
         "arn:aws:lambda:us-east-1:123456789012:function:recording".into()
     }
     fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Result<Bytes, FunctionError>> {
-        let batch: Value = serde_json::from_slice(&payload).unwrap();
-        let n = {
-            let mut calls = self.calls.lock().unwrap();
-            calls.push(batch.clone());
-            calls.len()
-        };
-        let answer = (self.answer)(n, &batch).map(|v| Bytes::from(v.to_string()));
-        Box::pin(async move { answer })
+        Box::pin(async move {
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            let batch: Value = serde_json::from_slice(&payload).unwrap();
+            let n = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(batch.clone());
+                calls.len()
+            };
+            let answer = (self.answer)(n, &batch).map(|v| Bytes::from(v.to_string()));
+            self.in_flight.fetch_sub(1, SeqCst);
+            answer
+        })
     }
 }
 
@@ -609,42 +633,6 @@ async fn sqs_redelivers_only_the_reported_messages() {
     assert_eq!(function.calls()[0]["Records"][0]["eventSource"], "aws:sqs");
 }
 
-/// A function that takes `delay` per invocation, answers with `answer(attempt of the batch's
-/// records, batch)`, and records every batch and how many ran at once.
-struct Concurrent {
-    calls: Mutex<Vec<Value>>,
-    in_flight: std::sync::atomic::AtomicUsize,
-    most: std::sync::atomic::AtomicUsize,
-    delay: Duration,
-    answer: Answering,
-}
-
-impl Invoke for Concurrent {
-    fn name(&self) -> &str {
-        "recording"
-    }
-    fn arn(&self) -> String {
-        "arn:aws:lambda:us-east-1:123456789012:function:recording".into()
-    }
-    fn invoke(&self, payload: Bytes) -> BoxFuture<'_, Result<Bytes, FunctionError>> {
-        use std::sync::atomic::Ordering::SeqCst;
-        Box::pin(async move {
-            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
-            self.most.fetch_max(now, SeqCst);
-            tokio::time::sleep(self.delay).await;
-            let batch: Value = serde_json::from_slice(&payload).unwrap();
-            let n = {
-                let mut calls = self.calls.lock().unwrap();
-                calls.push(batch.clone());
-                calls.len()
-            };
-            let answer = (self.answer)(n, &batch).map(|v| Bytes::from(v.to_string()));
-            self.in_flight.fetch_sub(1, SeqCst);
-            answer
-        })
-    }
-}
-
 /// Sequence numbers in shard order.
 fn seq_order(a: &str, b: &str) -> std::cmp::Ordering {
     (a.len(), a).cmp(&(b.len(), b))
@@ -669,35 +657,28 @@ async fn parallelization_10_keeps_each_keys_order_a_retry_holds_only_its_lane_an
         Arc::clone(&activity),
         Arc::clone(&accepted),
     );
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let function = Arc::new(Concurrent {
-        calls: Mutex::new(Vec::new()),
-        in_flight: Default::default(),
-        most: Default::default(),
-        delay: Duration::from_millis(20),
-        answer: Box::new(move |_, batch| {
-            let records = batch["Records"].as_array().unwrap();
-            let n3 = records.iter().position(|r| data(r)["n"] == 3);
-            let fail =
-                n3.filter(|_| failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3);
-            let upto = fail.unwrap_or(records.len());
-            done.lock().unwrap().extend(records[..upto].iter().map(|r| {
-                let seq = r["kinesis"]["sequenceNumber"].as_str().unwrap().to_owned();
-                (data(r)["n"].as_i64().unwrap(), seq)
-            }));
-            match fail {
-                Some(i) => {
-                    let checkpoint = watched
-                        .snapshot()
-                        .get("recording/test")
-                        .and_then(|c| c.checkpoints.values().next().cloned());
-                    seen.lock().unwrap().push(checkpoint);
-                    let seq = &records[i]["kinesis"]["sequenceNumber"];
-                    Ok(json!({"batchItemFailures": [{"itemIdentifier": seq}]}))
-                }
-                None => Ok(json!({"batchItemFailures": []})),
+    let failures = Arc::new(AtomicUsize::new(0));
+    let function = Recording::slow(Duration::from_millis(20), move |_, batch| {
+        let records = batch["Records"].as_array().unwrap();
+        let n3 = records.iter().position(|r| data(r)["n"] == 3);
+        let fail = n3.filter(|_| failures.fetch_add(1, SeqCst) < 3);
+        let upto = fail.unwrap_or(records.len());
+        done.lock().unwrap().extend(records[..upto].iter().map(|r| {
+            let seq = r["kinesis"]["sequenceNumber"].as_str().unwrap().to_owned();
+            (data(r)["n"].as_i64().unwrap(), seq)
+        }));
+        match fail {
+            Some(i) => {
+                let checkpoint = watched
+                    .snapshot()
+                    .get("recording/test")
+                    .and_then(|c| c.checkpoints.values().next().cloned());
+                seen.lock().unwrap().push(checkpoint);
+                let seq = &records[i]["kinesis"]["sequenceNumber"];
+                Ok(json!({"batchItemFailures": [{"itemIdentifier": seq}]}))
             }
-        }),
+            None => Ok(json!({"batchItemFailures": []})),
+        }
     });
     let mut m = mapping(&arn, 5, None, None);
     m.parallelization = 10;
@@ -723,7 +704,7 @@ async fn parallelization_10_keeps_each_keys_order_a_retry_holds_only_its_lane_an
         let expected: Vec<i64> = (0..total as i64).filter(|n| n % 12 == k).collect();
         assert_eq!(ns, expected, "key k{k}: in order, each once");
     }
-    let most = function.most.load(std::sync::atomic::Ordering::SeqCst);
+    let most = function.most.load(SeqCst);
     assert!(
         most > 1,
         "batches of one shard ran concurrently (at most {most} at once)"

@@ -5,9 +5,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 fn now_secs() -> f64 {
     SystemTime::now()
@@ -48,6 +49,23 @@ impl MappingControl {
     /// True while it delivers.
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Waits while the mapping is switched off (nothing is read or delivered then, and the
+    /// checkpoint stays); `false` once `stop` turns true, `true` when the poller may go on.
+    pub async fn ready(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            if *stop.borrow() {
+                return false;
+            }
+            if self.enabled() {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return false,
+            }
+        }
     }
 
     /// Records per batch now.

@@ -47,15 +47,8 @@ impl QueuePoller {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
         let url = queue_url(&self.sqs, &self.mapping.arn).await?;
         loop {
-            if *stop.borrow() {
+            if !self.control.ready(&mut stop).await {
                 return Ok(());
-            }
-            if !self.control.enabled() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = stop.changed() => return Ok(()),
-                }
-                continue;
             }
             let received = tokio::select! {
                 r = self.sqs

@@ -331,16 +331,8 @@ impl StreamPoller {
             // the sequence number of the last record read (delivered or filtered out)
             let mut last: Option<String> = None;
             loop {
-                if *stop.borrow() {
+                if !self.control.ready(&mut stop).await {
                     return Ok(());
-                }
-                if !self.control.enabled() {
-                    // switched off: nothing is read or delivered; the checkpoint stays
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        _ = stop.changed() => return Ok(()),
-                    }
-                    continue;
                 }
                 match self.read(&mut reader, shard, &mut last).await {
                     Ok(Some(recs)) if !recs.is_empty() => {
@@ -424,15 +416,8 @@ impl StreamPoller {
             }
         };
         loop {
-            if *stop.borrow() {
+            if !self.control.ready(&mut stop).await {
                 return Ok(());
-            }
-            if !self.control.enabled() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = stop.changed() => return Ok(()),
-                }
-                continue;
             }
             let batch_size = self.control.batch_size();
             // gather a batch: up to batch_size records, or what arrived within the window
