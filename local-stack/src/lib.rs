@@ -2,7 +2,8 @@
 //!
 //! - [`template`] reads `template.yaml`; [`spec`] turns its functions into what runs locally;
 //! - [`provision`] creates its tables, streams, queues, bucket, bus and rules in the emulator;
-//! - [`runtime`] runs each function's binary behind a local Lambda Runtime API;
+//! - [`runtime`] runs each function's binary behind a local Lambda Runtime API, in as many
+//!   instances as [`scaling`] says its event sources drive;
 //! - [`mapping`] emulates event source mappings (DynamoDB Streams, Kinesis, SQS), [`routes`]
 //!   delivers bus rules to the targets the emulator cannot, and [`api`] serves the HTTP API
 //!   routes and Lambda's Invoke API;
@@ -30,6 +31,7 @@ pub mod proxy;
 pub mod replay;
 pub mod routes;
 pub mod runtime;
+pub mod scaling;
 pub mod spec;
 pub mod stack;
 pub mod template;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use local_stack::provision::names_only;
+use local_stack::scaling::Scaling;
 use local_stack::stack::{Options, Stack};
 use local_stack::template::Template;
 use local_stack::{Error, capacity, chaos, demo, load, replay};
@@ -51,10 +52,25 @@ struct Run {
     /// The chaos' seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Instances of each function behind an HTTP API route (Lambda runs as many as there are
-    /// requests; stream and queue functions run one per event source).
+    /// Instances serving a function's HTTP routes, one request each at a time (Lambda runs as
+    /// many as there are requests in flight).
     #[arg(long, default_value_t = 4)]
     instances: usize,
+    /// The most instances of a function without `ReservedConcurrentExecutions` (the local
+    /// stand-in for the account's concurrency limit). Stream functions run shards ×
+    /// parallelization instances, queue functions their maximum concurrency (else 5).
+    #[arg(long, default_value_t = 10)]
+    max_instances: usize,
+    /// Shards of every Kinesis stream (default: the template's `ShardCount`, else 1).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// `ParallelizationFactor` of every stream mapping, 1–10 (default: the template's).
+    #[arg(long)]
+    parallelization: Option<usize>,
+    /// `ScalingConfig.MaximumConcurrency` of every SQS mapping, 2–1000 (default: the
+    /// template's, else 5).
+    #[arg(long)]
+    queue_concurrency: Option<usize>,
 }
 
 impl Default for Run {
@@ -63,6 +79,10 @@ impl Default for Run {
             chaos: 0.0,
             seed: 1,
             instances: 1,
+            max_instances: 1,
+            shards: None,
+            parallelization: None,
+            queue_concurrency: None,
         }
     }
 }
@@ -309,7 +329,13 @@ fn options(template: &Path, stack: &str, port: u16, run: Run) -> Options {
         template: template.to_path_buf(),
         stack: stack.to_owned(),
         api_port: port,
-        http_instances: run.instances.max(1),
+        scaling: Scaling {
+            max_instances: run.max_instances.max(1),
+            http_instances: run.instances.max(1),
+            shards: run.shards,
+            parallelization: run.parallelization,
+            queue_concurrency: run.queue_concurrency,
+        },
         chaos: (run.chaos > 0.0).then_some((run.chaos, run.seed)),
         always_throttle: Vec::new(),
         parameters: Vec::new(),

@@ -32,6 +32,8 @@ pub struct FunctionSpec {
     pub async_retries: u32,
     /// Where a failed asynchronous invocation goes (DLQ or on-failure destination ARN).
     pub async_failure: Option<String>,
+    /// `ReservedConcurrentExecutions`: the most instances it runs at once, if set.
+    pub reserved_concurrency: Option<usize>,
 }
 
 /// Which service a stream mapping reads.
@@ -87,6 +89,12 @@ pub struct QueueMapping {
     pub report_failures: bool,
     /// Event filters; messages that match none are deleted unseen, as Lambda does.
     pub filters: Vec<Pattern>,
+    /// `ScalingConfig.MaximumConcurrency` (2–1000): the most batches in flight at once
+    /// (`None`: as many as the function's concurrency allows).
+    pub max_concurrency: Option<usize>,
+    /// `MaximumBatchingWindowInSeconds`: how long to gather messages before invoking with
+    /// fewer than `batch_size`.
+    pub window: Duration,
 }
 
 /// One of a function's event sources.
@@ -245,13 +253,24 @@ impl FunctionSpec {
                                 .clamp(1, 10) as usize,
                         })
                     }
-                    "SQS" => EventSource::Queue(QueueMapping {
-                        id: event_id.clone(),
-                        arn: names.string(p.get("Queue").unwrap_or(&Value::Null))?,
-                        batch_size: u64_of(p.get("BatchSize")).unwrap_or(10).clamp(1, 10) as usize,
-                        report_failures: reports_failures(&p),
-                        filters: filters(names, &p)?,
-                    }),
+                    "SQS" => {
+                        let window = u64_of(p.get("MaximumBatchingWindowInSeconds"))
+                            .unwrap_or(0)
+                            .clamp(0, 300) as u64;
+                        // more than 10 messages a batch needs a batching window, as on Lambda
+                        let most = if window > 0 { 10_000 } else { 10 };
+                        EventSource::Queue(QueueMapping {
+                            id: event_id.clone(),
+                            arn: names.string(p.get("Queue").unwrap_or(&Value::Null))?,
+                            batch_size: u64_of(p.get("BatchSize")).unwrap_or(10).clamp(1, most)
+                                as usize,
+                            report_failures: reports_failures(&p),
+                            filters: filters(names, &p)?,
+                            max_concurrency: u64_of(p.pointer("/ScalingConfig/MaximumConcurrency"))
+                                .map(|n| n.clamp(2, 1000) as usize),
+                            window: Duration::from_secs(window),
+                        })
+                    }
                     "HttpApi" | "Api" => EventSource::Http {
                         method: p
                             .get("Method")
@@ -298,6 +317,8 @@ impl FunctionSpec {
             events,
             async_retries,
             async_failure,
+            reserved_concurrency: u64_of(setting("ReservedConcurrentExecutions"))
+                .map(|n| n.max(0) as usize),
         })
     }
 }

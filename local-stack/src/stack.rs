@@ -19,10 +19,11 @@ use crate::invoke::Invoke;
 use crate::mapping::Activity;
 use crate::mapping::control::{Controls, MappingControl};
 use crate::mapping::queue::QueuePoller;
-use crate::mapping::stream::{StreamClients, StreamPoller};
+use crate::mapping::stream::{StreamClients, StreamPoller, shard_ids};
 use crate::provision::{Clients, Provisioned, provision, rule_to_function};
 use crate::proxy::Proxy;
 use crate::runtime::LocalFunction;
+use crate::scaling::Scaling;
 use crate::spec::{EventSource, FunctionSpec};
 use crate::template::Template;
 
@@ -39,9 +40,8 @@ pub struct Options {
     pub api_port: u16,
     /// Where the functions' logs go, one file each.
     pub log_dir: PathBuf,
-    /// Instances of each function behind an HTTP API route (the others run one per event
-    /// source, as a shard or queue feeds one invocation at a time).
-    pub http_instances: usize,
+    /// Instances, shards, parallelization and queue concurrency (see [`Scaling`]).
+    pub scaling: Scaling,
     /// Fault injection between the functions and the emulator: rate (0 to 1) and seed.
     pub chaos: Option<(f64, u64)>,
     /// Writes throttled for good: (operation, text in the request), e.g.
@@ -156,9 +156,25 @@ impl Stack {
             }
         }
 
+        opts.scaling.shape_template(&mut template);
         progress("provisioning the template's resources in the emulator");
         let mut provisioned = provision(&template, &opts.stack, &region, &clients).await?;
-        let specs = FunctionSpec::all(&template, &provisioned.names)?;
+        let mut specs = FunctionSpec::all(&template, &provisioned.names)?;
+        let stream_clients = StreamClients {
+            kinesis: clients.kinesis.clone(),
+            streams: clients.streams.clone(),
+            sqs: clients.sqs.clone(),
+        };
+        let mut shards = HashMap::new();
+        for spec in &mut specs {
+            opts.scaling.shape_function(spec);
+            for event in &spec.events {
+                if let EventSource::Stream(m) = event {
+                    let ids = shard_ids(&stream_clients, m.kind, &m.arn).await?;
+                    shards.insert(m.arn.clone(), ids.len());
+                }
+            }
+        }
 
         let binaries: Vec<&str> = specs.iter().map(|s| s.binary.as_str()).collect();
         progress(&format!(
@@ -175,6 +191,7 @@ impl Stack {
             opts.log_dir.display()
         ));
         let mut functions = Vec::new();
+        let mut counts = Vec::new();
         for mut spec in specs {
             spec.environment
                 .insert("AWS_ENDPOINT_URL_LAMBDA".into(), format!("http://{api}"));
@@ -183,22 +200,13 @@ impl Stack {
             let exe = exes
                 .get(&spec.binary)
                 .ok_or_else(|| Error::Other(format!("no binary for {}", spec.name)))?;
-            let fed = spec
-                .events
-                .iter()
-                .filter(|e| matches!(e, EventSource::Stream(_) | EventSource::Queue(_)))
-                .count();
-            let http = spec
-                .events
-                .iter()
-                .any(|e| matches!(e, EventSource::Http { .. }));
-            let instances = if http {
-                opts.http_instances
-            } else {
-                fed.max(1)
-            };
+            let instances = opts
+                .scaling
+                .instances(&spec, |arn| shards.get(arn).copied().unwrap_or(1));
+            counts.push(format!("{} ×{instances}", spec.logical_id));
             functions.push(LocalFunction::start(spec, exe, &opts.log_dir, instances).await?);
         }
+        progress(&format!("instances: {}", counts.join(", ")));
         let by_key: HashMap<String, Arc<LocalFunction>> = functions
             .iter()
             .flat_map(|f| {
@@ -211,11 +219,6 @@ impl Stack {
 
         let (stop, stopped) = watch::channel(false);
         let activity = Arc::new(Activity::default());
-        let stream_clients = StreamClients {
-            kinesis: clients.kinesis.clone(),
-            streams: clients.streams.clone(),
-            sqs: clients.sqs.clone(),
-        };
         let mut tasks = Vec::new();
         let mut routes = Vec::new();
         let controls = Arc::new(Controls::default());

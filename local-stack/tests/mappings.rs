@@ -584,6 +584,8 @@ async fn sqs_redelivers_only_the_reported_messages() {
             batch_size: 10,
             report_failures: true,
             filters: Vec::new(),
+            max_concurrency: None,
+            window: Duration::ZERO,
         },
         function: function.clone(),
         sqs: sqs.clone(),
@@ -742,4 +744,240 @@ async fn parallelization_10_keeps_each_keys_order_a_retry_holds_only_its_lane_an
         .next()
         .cloned();
     assert_eq!(end, Some(last), "the checkpoint ends past every record");
+}
+
+/// `n` messages on a fresh queue; its URL and ARN.
+async fn queue_with(n: usize) -> (String, String) {
+    let sqs = clients().await.sqs;
+    let (url, arn) = queue("esm-sqs").await;
+    for i in 0..n {
+        sqs.send_message()
+            .queue_url(&url)
+            .message_body(json!({"n": i}).to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    (url, arn)
+}
+
+async fn queue_poller(
+    arn: String,
+    batch_size: usize,
+    max_concurrency: Option<usize>,
+    window: Duration,
+    function: Arc<Recording>,
+) -> Arc<QueuePoller> {
+    Arc::new(QueuePoller {
+        mapping: QueueMapping {
+            id: "test".into(),
+            arn,
+            batch_size,
+            report_failures: true,
+            filters: Vec::new(),
+            max_concurrency,
+            window,
+        },
+        function,
+        sqs: clients().await.sqs,
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+        control: Arc::new(MappingControl::new(
+            "recording",
+            "arn:aws:lambda:us-east-1:123456789012:function:recording",
+            "arn:test",
+            batch_size,
+        )),
+    })
+}
+
+/// Runs a queue poller until `finished` messages are finished (or 30 s pass), then stops it.
+async fn run_queue_until(poller: Arc<QueuePoller>, finished: u64) {
+    let activity = Arc::clone(&poller.activity);
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(Arc::clone(&poller).run(stopped));
+    let started = Instant::now();
+    while activity
+        .snapshot()
+        .get("recording/test")
+        .map_or(0, |c| c.finished)
+        < finished
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            activity.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+fn bodies(function: &Recording) -> Vec<String> {
+    function
+        .calls()
+        .iter()
+        .flat_map(|b| {
+            b["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["body"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sqs_runs_up_to_its_maximum_concurrency_batches_at_once() {
+    let (url, arn) = queue_with(24).await;
+    let function = Recording::slow(Duration::from_millis(300), |_, _| {
+        Ok(json!({"batchItemFailures": []}))
+    });
+    let poller = queue_poller(arn, 2, Some(3), Duration::ZERO, Arc::clone(&function)).await;
+    run_queue_until(poller, 24).await;
+    assert_eq!(
+        function.most.load(SeqCst),
+        3,
+        "three batches in flight at once, never more"
+    );
+    let mut seen = bodies(&function);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 24, "each message delivered");
+    assert_eq!(function.calls().len(), 12, "in batches of two, none twice");
+    assert!(drain_queue(&url).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_sqs_batching_window_gathers_more_than_one_receive_into_one_batch() {
+    let (url, arn) = queue_with(25).await;
+    let function = Recording::new(|_, _| Ok(json!({"batchItemFailures": []})));
+    // one poller, so that one batch can gather every message
+    let poller = queue_poller(
+        arn,
+        25,
+        Some(1),
+        Duration::from_secs(2),
+        Arc::clone(&function),
+    )
+    .await;
+    run_queue_until(poller, 25).await;
+    let sizes: Vec<usize> = function
+        .calls()
+        .iter()
+        .map(|b| b["Records"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(
+        sizes,
+        [25],
+        "one invocation of 25 (a receive brings at most 10)"
+    );
+    assert!(drain_queue(&url).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_kinesis_stream_of_four_shards_routes_by_the_md5_of_the_partition_key_and_keeps_each_keys_order()
+ {
+    use md5::{Digest, Md5};
+    let kinesis = clients().await.kinesis;
+    let name = unique("esm-shards");
+    kinesis
+        .create_stream()
+        .stream_name(&name)
+        .shard_count(4)
+        .send()
+        .await
+        .unwrap();
+    let keys = 24;
+    let total = 240;
+    let records: Vec<Value> = (0..total)
+        .map(|i| json!({"id": format!("e{i}"), "partitionKey": format!("thing-{}", i % keys), "n": i}))
+        .collect();
+    for chunk in records.chunks(100) {
+        let entries = chunk.iter().map(|r| {
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key(r["partitionKey"].as_str().unwrap())
+                .data(Blob::new(r.to_string()))
+                .build()
+                .unwrap()
+        });
+        let out = kinesis
+            .put_records()
+            .stream_name(&name)
+            .set_records(Some(entries.collect()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.failed_record_count(), Some(0));
+    }
+    let ranges: std::collections::HashMap<String, (u128, u128)> = kinesis
+        .list_shards()
+        .stream_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .shards()
+        .iter()
+        .map(|s| {
+            let r = s.hash_key_range().unwrap();
+            (
+                s.shard_id().to_owned(),
+                (
+                    r.starting_hash_key().parse().unwrap(),
+                    r.ending_hash_key().parse().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(ranges.len(), 4);
+
+    let function = Recording::new(|_, _| Ok(json!({"batchItemFailures": []})));
+    let arn = format!("arn:aws:kinesis:us-east-1:123456789012:stream/{name}");
+    let poller = StreamPoller {
+        mapping: mapping(&arn, 50, None, None),
+        function: function.clone(),
+        clients: clients().await,
+        activity: Arc::default(),
+        region: "us-east-1".into(),
+        chaos: None,
+        control: control(),
+    };
+    run_until(poller, total as u64).await;
+
+    let delivered: Vec<(String, Value)> = function
+        .calls()
+        .iter()
+        .flat_map(|b| b["Records"].as_array().unwrap().clone())
+        .map(|r| {
+            let shard = r["eventID"].as_str().unwrap().split(':').next().unwrap();
+            (shard.to_owned(), data(&r))
+        })
+        .collect();
+    assert_eq!(delivered.len(), total, "each record delivered once");
+    let mut used = std::collections::BTreeSet::new();
+    for (shard, record) in &delivered {
+        let key = record["partitionKey"].as_str().unwrap();
+        let hash = u128::from_be_bytes(Md5::digest(key.as_bytes()).into());
+        let (low, high) = ranges[shard];
+        assert!(
+            (low..=high).contains(&hash),
+            "{key} (hash {hash}) came from {shard} ({low}..={high})"
+        );
+        used.insert(shard.clone());
+    }
+    assert!(used.len() > 1, "the keys spread over the shards: {used:?}");
+    for k in 0..keys {
+        let key = format!("thing-{k}");
+        let ns: Vec<i64> = delivered
+            .iter()
+            .filter(|(_, r)| r["partitionKey"] == key.as_str())
+            .map(|(_, r)| r["n"].as_i64().unwrap())
+            .collect();
+        let expected: Vec<i64> = (0..total as i64)
+            .filter(|n| n % keys as i64 == k as i64)
+            .collect();
+        assert_eq!(ns, expected, "{key}: in order, each once");
+    }
 }

@@ -43,6 +43,7 @@ async fn timeouts_kill_the_process_and_the_next_invocation_is_answered() {
         events: Vec::new(),
         async_retries: 0,
         async_failure: None,
+        reserved_concurrency: None,
     };
     let f = LocalFunction::start(spec, &exe, &dir, 1).await.unwrap();
 

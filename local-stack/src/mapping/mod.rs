@@ -14,7 +14,9 @@
 //! - `ParallelizationFactor` (1–10): a shard's records are split by partition key hash into that
 //!   many lanes, each delivering one batch at a time in order, concurrently with the others; a
 //!   retry holds its own lane only, and the shard's checkpoint moves past a record only when it
-//!   and every record before it has finished ([`checkpoint`]).
+//!   and every record before it has finished ([`checkpoint`]);
+//! - SQS `ScalingConfig.MaximumConcurrency`: that many batches in flight at once (else 5, as
+//!   Lambda starts), and a batching window that gathers several receives into one batch.
 //!
 //! The rules themselves are pure and tested on their own ([`policy`]); the pollers read, invoke
 //! and write around them. `UpdateEventSourceMapping` (enabled, batch size) reaches a running

@@ -1,7 +1,7 @@
 //! SQS mappings: receive, invoke, delete what succeeded, let the rest come back.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
@@ -17,6 +17,7 @@ use super::records::{sqs_filter_view, sqs_record};
 use crate::Error;
 use crate::destination::queue_url;
 use crate::invoke::Invoke;
+use crate::scaling::QUEUE_CONCURRENCY;
 use crate::spec::QueueMapping;
 
 /// How soon a message the function failed is received again, locally.
@@ -43,37 +44,79 @@ impl QueuePoller {
         format!("{}/{}", self.function.name(), self.mapping.id)
     }
 
-    /// Polls until `stop` turns true.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
-        let url = queue_url(&self.sqs, &self.mapping.arn).await?;
+    /// Polls until `stop` turns true, with as many batches in flight as the mapping's maximum
+    /// concurrency (else [`QUEUE_CONCURRENCY`]), each poller receiving, invoking and settling
+    /// its own batch as Lambda's do.
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> Result<(), Error> {
+        let url: Arc<str> = queue_url(&self.sqs, &self.mapping.arn).await?.into();
+        let pollers = self.mapping.max_concurrency.unwrap_or(QUEUE_CONCURRENCY);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..pollers.max(1) {
+            tasks.spawn(Arc::clone(&self).poll(Arc::clone(&url), stop.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn poll(self: Arc<Self>, url: Arc<str>, mut stop: watch::Receiver<bool>) {
         loop {
             if !self.control.ready(&mut stop).await {
-                return Ok(());
+                return;
             }
-            let received = tokio::select! {
-                r = self.sqs
-                    .receive_message()
-                    .queue_url(&url)
-                    .max_number_of_messages(self.control.batch_size().min(10) as i32)
-                    .wait_time_seconds(1)
-                    .message_system_attribute_names(MessageSystemAttributeName::All)
-                    .message_attribute_names("All")
-                    .send() => r,
-                _ = stop.changed() => return Ok(()),
-            };
-            let messages = match received {
-                Ok(out) => out.messages.unwrap_or_default(),
-                Err(e) => {
-                    tracing::warn!(mapping = %self.key(), error = %Error::aws(e), "ReceiveMessage failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
+            let Some(messages) = self.gather(&url, &mut stop).await else {
+                return;
             };
             if messages.is_empty() {
                 continue;
             }
             if let Err(e) = self.deliver(&url, messages).await {
                 tracing::warn!(mapping = %self.key(), error = %e, "settling the batch failed");
+            }
+        }
+    }
+
+    /// One batch: what a long poll brings, then, with a batching window, more until the batch
+    /// is full or the window (counted from the first message) has passed. `None` when stopping
+    /// (messages held come back after their visibility timeout).
+    async fn gather(&self, url: &str, stop: &mut watch::Receiver<bool>) -> Option<Vec<Message>> {
+        let want = self.control.batch_size().max(1);
+        let window = self.mapping.window;
+        let mut batch: Vec<Message> = Vec::new();
+        let mut closes: Option<Instant> = None;
+        loop {
+            let left = closes.map_or(Duration::from_secs(1), |c| {
+                c.saturating_duration_since(Instant::now())
+            });
+            let received = tokio::select! {
+                r = self.sqs
+                    .receive_message()
+                    .queue_url(url)
+                    .max_number_of_messages((want - batch.len()).min(10) as i32)
+                    .wait_time_seconds(left.as_secs().min(20) as i32)
+                    .message_system_attribute_names(MessageSystemAttributeName::All)
+                    .message_attribute_names("All")
+                    .send() => r,
+                _ = stop.changed() => return None,
+            };
+            let got = match received {
+                Ok(out) => out.messages.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(mapping = %self.key(), error = %Error::aws(e), "ReceiveMessage failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Vec::new()
+                }
+            };
+            if got.is_empty() && left < Duration::from_secs(1) && closes.is_some() {
+                // a short poll came back empty: wait a little rather than spin
+                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+            }
+            batch.extend(got);
+            if batch.is_empty() || window.is_zero() {
+                return Some(batch);
+            }
+            let closes = *closes.get_or_insert_with(|| Instant::now() + window);
+            if batch.len() >= want || Instant::now() >= closes {
+                return Some(batch);
             }
         }
     }

@@ -108,6 +108,42 @@ fn stream_name(arn: &str) -> &str {
     arn.rsplit_once("stream/").map_or(arn, |(_, n)| n)
 }
 
+/// The shards of a Kinesis stream or DynamoDB stream, by ARN.
+pub async fn shard_ids(
+    clients: &StreamClients,
+    kind: StreamKind,
+    arn: &str,
+) -> Result<Vec<String>, Error> {
+    Ok(match kind {
+        StreamKind::Kinesis => clients
+            .kinesis
+            .list_shards()
+            .stream_name(stream_name(arn))
+            .send()
+            .await
+            .map_err(Error::aws)?
+            .shards()
+            .iter()
+            .map(|s| s.shard_id().to_owned())
+            .collect(),
+        StreamKind::DynamoDb => clients
+            .streams
+            .describe_stream()
+            .stream_arn(arn)
+            .send()
+            .await
+            .map_err(Error::aws)?
+            .stream_description()
+            .map(|d| {
+                d.shards()
+                    .iter()
+                    .filter_map(|s| s.shard_id().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
 impl StreamPoller {
     fn key(&self) -> String {
         format!("{}/{}", self.function.name(), self.mapping.id)
@@ -133,37 +169,7 @@ impl StreamPoller {
     }
 
     async fn shards(&self) -> Result<Vec<String>, Error> {
-        let arn = &self.mapping.arn;
-        Ok(match self.mapping.kind {
-            StreamKind::Kinesis => self
-                .clients
-                .kinesis
-                .list_shards()
-                .stream_name(stream_name(arn))
-                .send()
-                .await
-                .map_err(Error::aws)?
-                .shards()
-                .iter()
-                .map(|s| s.shard_id().to_owned())
-                .collect(),
-            StreamKind::DynamoDb => self
-                .clients
-                .streams
-                .describe_stream()
-                .stream_arn(arn)
-                .send()
-                .await
-                .map_err(Error::aws)?
-                .stream_description()
-                .map(|d| {
-                    d.shards()
-                        .iter()
-                        .filter_map(|s| s.shard_id().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
+        shard_ids(&self.clients, self.mapping.kind, &self.mapping.arn).await
     }
 
     async fn reader(&self, shard: &str, after: After<'_>) -> Result<Reader, Error> {
