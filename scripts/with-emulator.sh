@@ -41,6 +41,8 @@ echo "emulator: moto server on $url (log: $log)" >&2
 export LAMBDA_TEST_ROLE_ARN
 
 export AWS_ENDPOINT_URL="$url"
+# for `local-stack load`, which reports the emulator's share of the CPU
+export EMULATOR_PID="$pid"
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing
 export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 # never let the SDK look for credentials or regions anywhere else

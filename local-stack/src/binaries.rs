@@ -10,9 +10,13 @@ use tokio::process::Command;
 
 use crate::Error;
 
-/// Builds `binaries` of the workspace at `root` (cargo's progress goes to stderr) and returns
-/// each binary's path.
-pub async fn build(root: &Path, binaries: &[&str]) -> Result<HashMap<String, PathBuf>, Error> {
+/// Builds `binaries` of the workspace at `root`, with cargo's release profile if `release`
+/// (cargo's progress goes to stderr), and returns each binary's path.
+pub async fn build(
+    root: &Path,
+    binaries: &[&str],
+    release: bool,
+) -> Result<HashMap<String, PathBuf>, Error> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
@@ -20,6 +24,9 @@ pub async fn build(root: &Path, binaries: &[&str]) -> Result<HashMap<String, Pat
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    if release {
+        cmd.arg("--release");
+    }
     for b in binaries {
         cmd.args(["--bin", b]);
     }

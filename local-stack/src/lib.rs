@@ -18,6 +18,7 @@ pub mod api;
 pub mod binaries;
 pub mod capacity;
 pub mod chaos;
+pub mod cpu;
 pub mod demo;
 pub mod destination;
 pub mod dry_run;

@@ -16,6 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,6 +46,9 @@ pub struct Settings {
     pub seed: u64,
     /// How long to wait for the system to settle.
     pub wait: Duration,
+    /// Commands a second offered by all clients together (`None`: each client sends its next
+    /// command as soon as the last is answered).
+    pub rate: Option<f64>,
 }
 
 /// One request a client sends.
@@ -308,6 +313,8 @@ pub fn model(answers: &[(Request, Answer)]) -> Model {
 pub struct Sent {
     /// Every request with its final answer.
     pub answers: Vec<(Request, Answer)>,
+    /// When each answer came, from the start of sending (in the order of `answers`).
+    pub answered: Vec<Duration>,
     /// Requests sent again after a 5xx or a failed connection.
     pub resent: usize,
     /// How long sending took.
@@ -337,17 +344,47 @@ async fn post(
     ))
 }
 
-/// Sends every client's requests, the clients at once.
-pub async fn send(api: &str, workload: Vec<Vec<Request>>) -> Sent {
+/// Requests sent and answers received so far, for progress while sending.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Requests sent (first attempts).
+    pub sent: AtomicUsize,
+    /// Final answers 202.
+    pub accepted: AtomicUsize,
+    /// Final answers 400.
+    pub invalid: AtomicUsize,
+    /// Requests with no final answer.
+    pub unanswered: AtomicUsize,
+}
+
+/// Sends every client's requests, the clients at once; with `rate`, the clients together
+/// offer at most that many requests a second (each its share, on a fixed schedule).
+pub async fn send(
+    api: &str,
+    workload: Vec<Vec<Request>>,
+    rate: Option<f64>,
+    progress: Arc<Progress>,
+) -> Sent {
     let url = Arc::new(format!("http://{api}/commands"));
     let started = Instant::now();
-    let clients = workload.into_iter().map(|requests| {
+    let interval = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(workload.len().max(1) as f64 / r));
+    let clients = workload.into_iter().enumerate().map(|(c, requests)| {
         let url = Arc::clone(&url);
+        let progress = Arc::clone(&progress);
         tokio::spawn(async move {
             let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
             let mut answers = Vec::new();
+            let mut answered = Vec::new();
             let mut resent = 0;
-            for request in requests {
+            // clients start spread over one interval, not all at once
+            let offset = interval.map(|i| i.mul_f64(c as f64 / 16.0).min(i));
+            for (k, request) in requests.into_iter().enumerate() {
+                if let (Some(i), Some(offset)) = (interval, offset) {
+                    tokio::time::sleep_until((started + offset + i * k as u32).into()).await;
+                }
+                progress.sent.fetch_add(1, Relaxed);
                 let mut last = String::new();
                 let mut answer = None;
                 for attempt in 0..30 {
@@ -357,6 +394,7 @@ pub async fn send(api: &str, workload: Vec<Vec<Request>>) -> Sent {
                     }
                     match post(&client, &url, &request.body).await {
                         Ok((202, v)) => {
+                            progress.accepted.fetch_add(1, Relaxed);
                             answer = Some(Answer::Accepted {
                                 stream: v["stream"].as_str().unwrap_or_default().to_owned(),
                                 sequence: v["sequence"].as_u64().unwrap_or(0),
@@ -365,6 +403,7 @@ pub async fn send(api: &str, workload: Vec<Vec<Request>>) -> Sent {
                             break;
                         }
                         Ok((400, _)) => {
+                            progress.invalid.fetch_add(1, Relaxed);
                             answer = Some(Answer::Invalid);
                             break;
                         }
@@ -372,22 +411,115 @@ pub async fn send(api: &str, workload: Vec<Vec<Request>>) -> Sent {
                         Err(e) => last = e,
                     }
                 }
+                if answer.is_none() {
+                    progress.unanswered.fetch_add(1, Relaxed);
+                }
+                answered.push(started.elapsed());
                 answers.push((request, answer.unwrap_or(Answer::Unanswered(last))));
             }
-            (answers, resent)
+            (answers, answered, resent)
         })
     });
     let mut sent = Sent::default();
-    for (answers, resent) in futures::future::join_all(clients)
+    for (answers, answered, resent) in futures::future::join_all(clients)
         .await
         .into_iter()
         .flatten()
     {
         sent.answers.extend(answers);
+        sent.answered.extend(answered);
         sent.resent += resent;
     }
     sent.elapsed = started.elapsed();
     sent
+}
+
+/// When each view first showed each version, from the start of sending: (version, seen),
+/// ascending, per thing id.
+pub type Sightings = BTreeMap<String, Vec<(u64, Duration)>>;
+
+/// Reads the views table every `every` until `stop` turns true, noting when each view first
+/// shows a higher version.
+async fn watch_views(
+    stack: &Stack,
+    started: Instant,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Sightings {
+    let table = stack
+        .provisioned
+        .names
+        .get_ref("ViewsTable")
+        .unwrap_or_default()
+        .to_owned();
+    let mut seen = Sightings::new();
+    loop {
+        if let Ok(rows) = crate::demo::scan(stack, &table).await {
+            let at = started.elapsed();
+            for row in rows {
+                let (Some(id), Some(version)) = (row["pk"].as_str(), row["version"].as_u64())
+                else {
+                    continue;
+                };
+                let versions = seen.entry(id.to_owned()).or_default();
+                if versions.last().is_none_or(|(v, _)| *v < version) {
+                    versions.push((version, at));
+                }
+            }
+        }
+        if *stop.borrow() {
+            return seen;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// From an accepted command to its view: one latency per accepted command that made an event,
+/// sorted; and how many of those never showed.
+pub fn view_latencies(sent: &Sent, m: &Model, seen: &Sightings) -> (Vec<Duration>, usize) {
+    let mut version_of: BTreeMap<(&str, u64), u64> = BTreeMap::new();
+    for (stream, events) in &m.events {
+        for (i, e) in events.iter().enumerate() {
+            version_of.insert((stream.as_str(), e.command), i as u64 + 1);
+        }
+    }
+    let mut out = Vec::new();
+    let mut missing = 0;
+    for ((_, answer), at) in sent.answers.iter().zip(&sent.answered) {
+        let Answer::Accepted {
+            stream,
+            sequence,
+            duplicate: false,
+        } = answer
+        else {
+            continue;
+        };
+        let Some(version) = version_of.get(&(stream.as_str(), *sequence)) else {
+            continue;
+        };
+        let id = stream.split_once('#').map_or(stream.as_str(), |(_, id)| id);
+        let shown = seen
+            .get(id)
+            .and_then(|vs| vs.iter().find(|(v, _)| v >= version));
+        match shown {
+            Some((_, when)) => out.push(when.saturating_sub(*at)),
+            None => missing += 1,
+        }
+    }
+    out.sort();
+    (out, missing)
+}
+
+/// The `p`th percentile (0–100) of sorted values (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// What the audit found.
@@ -578,18 +710,191 @@ pub struct Report {
     pub stored: usize,
     /// Accepted answers per second while sending.
     pub intake_per_second: f64,
+    /// From an accepted command to its visible view, sorted.
+    pub latencies: Vec<Duration>,
+    /// The functions' AWS calls by `Service.Operation`, all functions together.
+    pub calls: BTreeMap<String, u64>,
 }
 
-/// Sends the workload to a started stack, waits for it to settle and audits it; prints as it
-/// goes.
+/// CPU time used so far by the functions, the emulator (its process id in `EMULATOR_PID`, as
+/// `scripts/with-emulator.sh` exports it) and this process (mappings, proxy, HTTP API, and
+/// the load run's own clients).
+fn cpu_now(stack: &Stack) -> [Duration; 3] {
+    let functions = stack.functions.iter().map(|f| f.usage().cpu).sum();
+    let emulator = std::env::var("EMULATOR_PID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .and_then(crate::cpu::of_process)
+        .unwrap_or_default();
+    let me = crate::cpu::of_process(std::process::id()).unwrap_or_default();
+    [functions, emulator, me]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Sends the workload to a started stack, shows progress, waits for it to settle, audits it
+/// and prints the figures.
 pub async fn run(stack: &Stack, s: &Settings) -> Result<Report, Error> {
     let work = workload(s);
     let requests: usize = work.iter().map(Vec::len).sum();
+    let pace = s.rate.map_or("as fast as answered".to_owned(), |r| {
+        format!("{r:.0}/s offered")
+    });
     println!(
-        "\n== Load: {requests} requests from {} clients over {} things (seed {})",
+        "\n== Load: {requests} requests from {} clients over {} things ({pace}, seed {})",
         s.clients, s.things, s.seed
     );
-    let sent = send(&stack.api.to_string(), work).await;
+    let cpu_before = cpu_now(stack);
+    let started = Instant::now();
+    let (stop_watching, watching) = tokio::sync::watch::channel(false);
+    let watcher = watch_views(stack, started, Duration::from_millis(250), watching);
+    let progress = Arc::new(Progress::default());
+    let sending = async {
+        let api = stack.api.to_string();
+        let sends = send(&api, work, s.rate, Arc::clone(&progress));
+        tokio::pin!(sends);
+        let every = Duration::from_secs(2);
+        let mut ticks = tokio::time::interval_at((started + every).into(), every);
+        let mut last = 0;
+        let sent = loop {
+            tokio::select! {
+                sent = &mut sends => break sent,
+                _ = ticks.tick() => {
+                    let accepted = progress.accepted.load(Relaxed);
+                    println!(
+                        "  {:>5.1}s  sent {}/{requests}  accepted {accepted} ({:.1}/s now)  invalid {}  unanswered {}",
+                        started.elapsed().as_secs_f64(),
+                        progress.sent.load(Relaxed),
+                        (accepted - last) as f64 / every.as_secs_f64(),
+                        progress.invalid.load(Relaxed),
+                        progress.unanswered.load(Relaxed),
+                    );
+                    last = accepted;
+                }
+            }
+        };
+        let settled = settle(stack, s, &sent, started).await;
+        let _ = stop_watching.send(true);
+        settled.map(|(m, audit)| (sent, m, audit))
+    };
+    let (settled, seen) = tokio::join!(sending, watcher);
+    let (sent, m, audit) = settled?;
+    let elapsed = started.elapsed();
+    let cpu_after = cpu_now(stack);
+
+    let secs = sent.elapsed.as_secs_f64().max(0.001);
+    let accepted = progress.accepted.load(Relaxed);
+    let (latencies, not_shown) = view_latencies(&sent, &m, &seen);
+    println!(
+        "\n== Figures ({:.1}s sending, {:.1}s in all)",
+        secs,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  commands/s: offered {:.1}, accepted {:.1}, rejected by the rules {:.1}, invalid {:.1}",
+        requests as f64 / secs,
+        accepted as f64 / secs,
+        m.rejected.len() as f64 / secs,
+        progress.invalid.load(Relaxed) as f64 / secs,
+    );
+    println!(
+        "  accepted command → its view: p50 {}  p95 {}  p99 {}  max {}  ({} commands, {not_shown} never shown; views read every 250 ms)",
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 95.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        latencies.len(),
+    );
+    println!(
+        "\n  {:<44} {:>9} {:>11} {:>6} {:>7}",
+        "function", "instances", "invocations", "busy", "CPU s"
+    );
+    for f in &stack.functions {
+        let u = f.usage();
+        let busy = u.busy.as_secs_f64() / (u.instances as f64 * elapsed.as_secs_f64()).max(0.001);
+        println!(
+            "  {:<44} {:>4} of {:<2} {:>11} {:>5.1}% {:>7.2}",
+            f.spec().name,
+            u.used,
+            u.instances,
+            u.invocations,
+            busy * 100.0,
+            u.cpu.as_secs_f64()
+        );
+    }
+    println!(
+        "\n  {:<52} {:>11} {:>10} {:>7} {:>8} {:>15}",
+        "event source mapping / route",
+        "invocations",
+        "mean batch",
+        "retried",
+        "given up",
+        "max iterator age"
+    );
+    for (key, c) in stack.activity.snapshot() {
+        println!(
+            "  {key:<52} {:>11} {:>10.1} {:>7} {:>8} {:>13} ms",
+            c.invocations,
+            c.delivered as f64 / c.invocations.max(1) as f64,
+            c.retried,
+            c.given_up,
+            c.max_iterator_age_ms
+        );
+    }
+    let by_caller = stack.proxy.calls();
+    let mut calls: BTreeMap<String, u64> = BTreeMap::new();
+    for ((_, op), n) in &by_caller {
+        *calls.entry(op.clone()).or_default() += n;
+    }
+    let total: u64 = calls.values().sum();
+    let per = m.stored.max(1) as f64;
+    println!(
+        "\n  AWS calls by the functions: {total}, {:.1} per stored command",
+        total as f64 / per
+    );
+    for ((caller, op), n) in &by_caller {
+        println!(
+            "    {caller:<28} {op:<34} {n:>7}  {:>6.2} per command",
+            *n as f64 / per
+        );
+    }
+    let used: Vec<Duration> = cpu_after
+        .iter()
+        .zip(cpu_before)
+        .map(|(a, b)| a.saturating_sub(b))
+        .collect();
+    let all: f64 = used
+        .iter()
+        .map(Duration::as_secs_f64)
+        .sum::<f64>()
+        .max(0.001);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "\n  CPU during the run: {:.1} s of {:.1} s on {cores} cores; functions {:.0}%, emulator {:.0}%, local stack and clients {:.0}%",
+        all,
+        elapsed.as_secs_f64() * cores,
+        used[0].as_secs_f64() / all * 100.0,
+        used[1].as_secs_f64() / all * 100.0,
+        used[2].as_secs_f64() / all * 100.0,
+    );
+    Ok(Report {
+        audit,
+        stored: m.stored,
+        intake_per_second: accepted as f64 / secs,
+        latencies,
+        calls,
+    })
+}
+
+/// Prints the answers, then audits until the system has settled (or `s.wait` has passed).
+async fn settle(
+    stack: &Stack,
+    s: &Settings,
+    sent: &Sent,
+    began: Instant,
+) -> Result<(Model, Audit), Error> {
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let (mut accepted, mut duplicates, mut invalid, mut unanswered) = (0, 0, 0, 0);
     for (request, answer) in &sent.answers {
@@ -612,10 +917,6 @@ pub async fn run(stack: &Stack, s: &Settings) -> Result<Report, Error> {
     println!(
         "  sent in {secs:.1}s: {accepted} accepted ({duplicates} acknowledged as repeats), {invalid} invalid (400), {unanswered} unanswered; {} sent again after a 5xx",
         sent.resent
-    );
-    println!(
-        "  command-intake: {:.1} accepted commands/s",
-        accepted as f64 / secs
     );
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!("  by kind: {}", kinds.join(", "));
@@ -644,7 +945,7 @@ pub async fn run(stack: &Stack, s: &Settings) -> Result<Report, Error> {
             a.faults_expected
         );
         if line != last {
-            println!("  {:>5.1}s  {line}", started.elapsed().as_secs_f64());
+            println!("  {:>5.1}s  {line}", began.elapsed().as_secs_f64());
             last = line.clone();
         }
         // settled: the audit is clean and nothing has moved for a few seconds (a late double
@@ -666,18 +967,7 @@ pub async fn run(stack: &Stack, s: &Settings) -> Result<Report, Error> {
     if unanswered > 0 {
         println!("  ({unanswered} commands had no final answer: the audit cannot know their fate)");
     }
-    println!("\n== Event source mappings and routes");
-    for (key, c) in stack.activity.snapshot() {
-        println!(
-            "  {key:<52} invocations {:>4}  delivered {:>4}  retried {:>3}  given up {:>2}",
-            c.invocations, c.delivered, c.retried, c.given_up
-        );
-    }
-    Ok(Report {
-        audit,
-        stored: m.stored,
-        intake_per_second: accepted as f64 / secs,
-    })
+    Ok((m, audit))
 }
 
 #[cfg(test)]
@@ -748,6 +1038,43 @@ mod tests {
     }
 
     #[test]
+    fn a_commands_latency_runs_from_its_answer_to_the_first_view_at_or_past_its_version() {
+        let c = |cmd: &str, data: Value| json!({"type": "thing", "command": cmd, "requestId": "r", "data": data});
+        let answers = vec![
+            accepted(
+                c("create-thing", json!({"id": "t1", "name": "A"})),
+                "thing#t1",
+                1,
+            ),
+            // rejected by the rules: no event, no latency
+            accepted(c("delete-thing", json!({"id": "t2"})), "thing#t2", 1),
+            accepted(
+                c("update-thing", json!({"id": "t1", "color": "x"})),
+                "thing#t1",
+                2,
+            ),
+            accepted(c("delete-thing", json!({"id": "t1"})), "thing#t1", 3),
+        ];
+        let ms = Duration::from_millis;
+        let sent = Sent {
+            answered: vec![ms(100), ms(150), ms(200), ms(300)],
+            answers,
+            ..Sent::default()
+        };
+        let m = model(&sent.answers);
+        // the view went 1 → 3: version 2 was never shown on its own, 3 covers it
+        let seen = Sightings::from([("t1".to_owned(), vec![(1, ms(400)), (3, ms(900))])]);
+        let (latencies, missing) = view_latencies(&sent, &m, &seen);
+        assert_eq!(latencies, [ms(300), ms(600), ms(700)]);
+        assert_eq!(missing, 0);
+        assert_eq!(percentile(&latencies, 50.0), ms(600));
+        assert_eq!(percentile(&latencies, 99.0), ms(700));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+        let (_, missing) = view_latencies(&sent, &m, &Sightings::new());
+        assert_eq!(missing, 3);
+    }
+
+    #[test]
     fn the_workload_is_the_seeds() {
         let s = Settings {
             commands: 120,
@@ -755,6 +1082,7 @@ mod tests {
             clients: 3,
             seed: 7,
             wait: Duration::ZERO,
+            rate: None,
         };
         let bodies = |w: Vec<Vec<Request>>| -> Vec<String> {
             w.into_iter().flatten().map(|r| r.body).collect()

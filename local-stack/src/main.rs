@@ -71,6 +71,10 @@ struct Run {
     /// template's, else 5).
     #[arg(long)]
     queue_concurrency: Option<usize>,
+    /// Build the functions with cargo's release profile, as deployed (slower to build, the
+    /// figures a load run reports are then production's).
+    #[arg(long)]
+    release: bool,
 }
 
 impl Default for Run {
@@ -83,6 +87,7 @@ impl Default for Run {
             shards: None,
             parallelization: None,
             queue_concurrency: None,
+            release: false,
         }
     }
 }
@@ -112,9 +117,14 @@ enum Command {
     },
     /// `up`, then many commands on a few dozen things from concurrent clients (creates,
     /// updates, deletes, back-to-back update/delete/update, rejected and invalid commands,
-    /// repeated request ids); wait for the system to settle, audit the event log, the views and
-    /// the stored faults against what the commands imply, print the figures, and exit 0 only
-    /// if every check holds.
+    /// repeated request ids), optionally at a target rate for a duration, with progress while
+    /// sending; wait for the system to settle, audit the event log, the views and the stored
+    /// faults against what the commands imply, and print the figures: commands offered,
+    /// accepted and rejected a second, the latency from an accepted command to its view (p50,
+    /// p95, p99, max), per function its instances used, invocations, busy share and CPU, per
+    /// mapping its mean batch and maximum iterator age, the functions' AWS calls per command
+    /// and the CPU shares of functions, emulator and local stack. Exits 0 only if every check
+    /// holds.
     Load {
         /// Requests in all.
         #[arg(long, default_value_t = 300)]
@@ -131,6 +141,13 @@ enum Command {
         /// How long to wait for the system to settle, in seconds.
         #[arg(long, default_value_t = 240)]
         wait: u64,
+        /// Commands a second offered by the clients together (default: each client sends
+        /// its next command as soon as the last is answered).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Send for this many seconds: `--commands` becomes rate × duration (needs `--rate`).
+        #[arg(long, requires = "rate")]
+        duration: Option<f64>,
         #[command(flatten)]
         run: Run,
     },
@@ -261,10 +278,17 @@ fn main() -> ExitCode {
                 clients,
                 workload_seed,
                 wait,
+                rate,
+                duration,
                 run,
             } => {
                 let stack = cli.stack.unwrap_or_else(|| fresh("load"));
+                let commands = match (rate, duration) {
+                    (Some(r), Some(d)) => (r * d).ceil().max(1.0) as usize,
+                    _ => commands,
+                };
                 let settings = load::Settings {
+                    rate,
                     commands,
                     things,
                     clients,
@@ -336,6 +360,7 @@ fn options(template: &Path, stack: &str, port: u16, run: Run) -> Options {
             parallelization: run.parallelization,
             queue_concurrency: run.queue_concurrency,
         },
+        release: run.release,
         chaos: (run.chaos > 0.0).then_some((run.chaos, run.seed)),
         always_throttle: Vec::new(),
         parameters: Vec::new(),
@@ -585,7 +610,7 @@ async fn replay_cmd(
 /// bucket defaulting to the stack's.
 async fn faults_cmd(template: &Path, bucket: Option<String>, args: &[String]) -> ExitCode {
     let root = options(template, "faults", 0, Run::default()).root;
-    let exes = match local_stack::binaries::build(&root, &["faults"]).await {
+    let exes = match local_stack::binaries::build(&root, &["faults"], false).await {
         Ok(e) => e,
         Err(e) => return fail(&e),
     };

@@ -40,8 +40,8 @@ impl Write {
     }
 }
 
-/// The write a request makes, if it makes one (reads are never faulted).
-fn write_of(req: &Received) -> Option<Write> {
+/// The call a request makes, named `Service.Operation` (`DynamoDB.Query`, `S3.GetObject`...).
+fn call_of(req: &Received) -> Option<Write> {
     let target = req
         .parts
         .headers
@@ -49,41 +49,53 @@ fn write_of(req: &Received) -> Option<Write> {
         .and_then(|t| t.to_str().ok());
     let (protocol, service, op) = match target.and_then(|t| t.split_once('.')) {
         Some(("DynamoDB_20120810", op)) => (Protocol::DynamoDb, "DynamoDB", op),
+        Some(("DynamoDBStreams_20120810", op)) => (Protocol::DynamoDb, "DynamoDBStreams", op),
         Some(("AWSEvents", op)) => (Protocol::EventBridge, "EventBridge", op),
         Some(("Kinesis_20131202", op)) => (Protocol::Kinesis, "Kinesis", op),
         Some(("AmazonSQS", op)) => (Protocol::Sqs, "SQS", op),
-        Some(_) => return None,
+        // other JSON services (SSM, Secrets Manager): never faulted, named by their target
+        Some((service, op)) => (Protocol::EventBridge, service, op),
         None => {
-            // S3, path style: a PUT, POST or DELETE of an object (/bucket/key)
+            // S3, path style: /bucket or /bucket/key
             let method = req.parts.method.as_str();
             let object = req.parts.uri.path().trim_start_matches('/').contains('/');
-            return match (method, object) {
-                ("PUT", true) => Some(("S3", "PutObject")),
-                ("DELETE", true) => Some(("S3", "DeleteObject")),
-                _ => None,
-            }
-            .map(|(s, op)| Write {
+            let op = match (method, object) {
+                ("PUT", true) => "PutObject",
+                ("DELETE", true) => "DeleteObject",
+                ("GET", true) => "GetObject",
+                ("HEAD", true) => "HeadObject",
+                ("GET", false) => "ListObjects",
+                _ => return None,
+            };
+            return Some(Write {
                 protocol: Protocol::S3,
-                name: format!("{s}.{op}"),
+                name: format!("S3.{op}"),
             });
         }
     };
-    let writes = [
-        "PutItem",
-        "UpdateItem",
-        "DeleteItem",
-        "TransactWriteItems",
-        "BatchWriteItem",
-        "PutEvents",
-        "PutRecord",
-        "PutRecords",
-        "SendMessage",
-        "SendMessageBatch",
-    ];
-    writes.contains(&op).then(|| Write {
+    Some(Write {
         protocol,
         name: format!("{service}.{op}"),
     })
+}
+
+/// The write a request makes, if it makes one (reads are never faulted).
+fn write_of(req: &Received) -> Option<Write> {
+    const WRITES: [&str; 12] = [
+        "DynamoDB.PutItem",
+        "DynamoDB.UpdateItem",
+        "DynamoDB.DeleteItem",
+        "DynamoDB.TransactWriteItems",
+        "DynamoDB.BatchWriteItem",
+        "EventBridge.PutEvents",
+        "Kinesis.PutRecord",
+        "Kinesis.PutRecords",
+        "SQS.SendMessage",
+        "SQS.SendMessageBatch",
+        "S3.PutObject",
+        "S3.DeleteObject",
+    ];
+    call_of(req).filter(|c| WRITES.contains(&c.name.as_str()))
 }
 
 /// The proxy.
@@ -93,6 +105,7 @@ pub struct Proxy {
     dynamodb_writes: tokio::sync::Mutex<()>,
     chaos: Option<Arc<Chaos>>,
     writes: std::sync::Mutex<BTreeMap<String, u64>>,
+    calls: std::sync::Mutex<BTreeMap<(Arc<str>, String), u64>>,
 }
 
 impl Proxy {
@@ -104,20 +117,31 @@ impl Proxy {
             dynamodb_writes: tokio::sync::Mutex::new(()),
             chaos,
             writes: std::sync::Mutex::new(BTreeMap::new()),
+            calls: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Serves the proxy on a fresh loopback port.
-    pub async fn serve(self: &Arc<Self>) -> Result<Server, Error> {
+    /// Serves the proxy on a fresh loopback port for one caller (a function), whose calls it
+    /// counts under `caller`.
+    pub async fn serve(self: &Arc<Self>, caller: &str) -> Result<Server, Error> {
         let proxy = Arc::clone(self);
+        let caller: Arc<str> = caller.into();
         Ok(serve(move |req| {
             let proxy = Arc::clone(&proxy);
-            async move { proxy.handle(req).await }
+            let caller = Arc::clone(&caller);
+            async move { proxy.handle(caller, req).await }
         })
         .await?)
     }
 
-    async fn handle(&self, req: Received) -> Reply {
+    async fn handle(&self, caller: Arc<str>, req: Received) -> Reply {
+        let name = call_of(&req).map_or_else(|| "other".to_owned(), |c| c.name);
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((caller, name))
+            .or_default() += 1;
         let Some(write) = write_of(&req) else {
             return self.forward(&req, req.body.clone()).await;
         };
@@ -163,6 +187,15 @@ impl Proxy {
     /// operation and, for DynamoDB single-item writes, table (`DynamoDB.PutItem <table>`).
     pub fn writes(&self) -> BTreeMap<String, u64> {
         self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every call the functions made (faulted ones included), by caller and
+    /// `Service.Operation`.
+    pub fn calls(&self) -> BTreeMap<(Arc<str>, String), u64> {
+        self.calls
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -329,5 +362,23 @@ mod tests {
         );
         assert_eq!(name(None, "GET", "/bucket/faults/a.json"), None);
         assert_eq!(name(None, "PUT", "/bucket"), None);
+    }
+
+    #[test]
+    fn every_call_is_named_by_service_and_operation() {
+        let name = |t, m, p| call_of(&request(t, m, p)).map(|w| w.name);
+        assert_eq!(
+            name(Some("DynamoDB_20120810.Query"), "POST", "/"),
+            Some("DynamoDB.Query".into())
+        );
+        assert_eq!(
+            name(Some("AmazonSQS.ReceiveMessage"), "POST", "/"),
+            Some("SQS.ReceiveMessage".into())
+        );
+        assert_eq!(
+            name(None, "GET", "/bucket/faults/a.json"),
+            Some("S3.GetObject".into())
+        );
+        assert_eq!(name(None, "GET", "/bucket"), Some("S3.ListObjects".into()));
     }
 }

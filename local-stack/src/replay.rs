@@ -74,7 +74,7 @@ pub async fn run(
     dry_run: bool,
     log_dir: &Path,
 ) -> Result<(Vec<Write>, Summary), Error> {
-    let exes = crate::binaries::build(root, &[&spec.binary]).await?;
+    let exes = crate::binaries::build(root, &[&spec.binary], false).await?;
     let exe = exes
         .get(&spec.binary)
         .ok_or_else(|| Error::Other(format!("no binary for {}", spec.name)))?;

@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -107,7 +110,53 @@ impl Api {
 }
 
 /// One instance: a process behind its own Runtime API.
+/// What one instance has done: for the load run's per-function figures.
+#[derive(Default)]
+struct InstanceUsage {
+    invocations: AtomicU64,
+    busy_us: AtomicU64,
+    /// Its current process (0: none).
+    pid: AtomicU32,
+    /// CPU of its earlier processes (restarted after a timeout or a crash), in ms.
+    earlier_cpu_ms: AtomicU64,
+}
+
+impl InstanceUsage {
+    fn cpu(&self) -> Duration {
+        let now = match self.pid.load(Relaxed) {
+            0 => Duration::ZERO,
+            pid => crate::cpu::of_process(pid).unwrap_or_default(),
+        };
+        now + Duration::from_millis(self.earlier_cpu_ms.load(Relaxed))
+    }
+
+    /// The process is about to go: keep what it used.
+    fn retire(&self) {
+        let pid = self.pid.swap(0, Relaxed);
+        if let Some(cpu) = crate::cpu::of_process(pid).filter(|_| pid != 0) {
+            self.earlier_cpu_ms
+                .fetch_add(cpu.as_millis() as u64, Relaxed);
+        }
+    }
+}
+
+/// What a function's instances have done since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// Instances it runs.
+    pub instances: usize,
+    /// Instances that took at least one invocation.
+    pub used: usize,
+    /// Invocations answered (or timed out).
+    pub invocations: u64,
+    /// Time the instances spent in invocations, summed.
+    pub busy: Duration,
+    /// CPU time (user and system) of its processes, summed.
+    pub cpu: Duration,
+}
+
 struct Instance {
+    usage: Arc<InstanceUsage>,
     queue: mpsc::Sender<Pending>,
     api: Arc<Api>,
     restart: Arc<Notify>,
@@ -170,15 +219,18 @@ impl LocalFunction {
                 ("AWS_LAMBDA_LOG_STREAM_NAME".into(), format!("local-{i}")),
                 ("_HANDLER".into(), "bootstrap".into()),
             ]);
+            let usage = Arc::new(InstanceUsage::default());
             supervisors.push(tokio::spawn(supervise(
                 spec.name.clone(),
                 exe.to_owned(),
                 env,
                 log.clone(),
                 Arc::clone(&restart),
+                Arc::clone(&usage),
                 stop.clone(),
             )));
             started.push(Instance {
+                usage,
                 queue,
                 api,
                 restart,
@@ -203,6 +255,24 @@ impl LocalFunction {
     /// How many instances run it.
     pub fn instances(&self) -> usize {
         self.instances.len()
+    }
+
+    /// What its instances have done so far.
+    pub fn usage(&self) -> Usage {
+        self.instances.iter().fold(
+            Usage {
+                instances: self.instances.len(),
+                ..Usage::default()
+            },
+            |mut u, i| {
+                let n = i.usage.invocations.load(Relaxed);
+                u.used += usize::from(n > 0);
+                u.invocations += n;
+                u.busy += Duration::from_micros(i.usage.busy_us.load(Relaxed));
+                u.cpu += i.usage.cpu();
+                u
+            },
+        )
     }
 
     /// Stops the processes and waits until they have exited.
@@ -238,6 +308,7 @@ impl Invoke for LocalFunction {
                 return Err(stopping());
             };
             let instance = &self.instances[i];
+            let began = std::time::Instant::now();
             let answer = async {
                 let id = uuid::Uuid::new_v4().to_string();
                 let now = SystemTime::now()
@@ -271,6 +342,11 @@ impl Invoke for LocalFunction {
                 }
             }
             .await;
+            instance.usage.invocations.fetch_add(1, Relaxed);
+            instance
+                .usage
+                .busy_us
+                .fetch_add(began.elapsed().as_micros() as u64, Relaxed);
             self.free().push(i);
             answer
         })
@@ -283,6 +359,7 @@ async fn supervise(
     env: Vec<(String, String)>,
     log: PathBuf,
     restart: Arc<Notify>,
+    usage: Arc<InstanceUsage>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
@@ -293,7 +370,10 @@ async fn supervise(
         let child = spawn(&exe, &env, &log);
         let born = std::time::Instant::now();
         let mut child = match child {
-            Ok(c) => c,
+            Ok(c) => {
+                usage.pid.store(c.id().unwrap_or(0), Relaxed);
+                c
+            }
             Err(e) => {
                 tracing::error!(function = %name, error = %e, "cannot start the function's process");
                 tokio::select! {
@@ -304,6 +384,8 @@ async fn supervise(
         };
         tokio::select! {
             status = child.wait() => {
+                // its CPU is gone with it; only a crash loses it, and a crash is rare
+                usage.pid.store(0, Relaxed);
                 // a function that cannot start is retried slower and slower, as Lambda does
                 if born.elapsed() > Duration::from_secs(10) {
                     failures = 0;
@@ -319,6 +401,7 @@ async fn supervise(
                 }
             }
             _ = restart.notified() => {
+                usage.retire();
                 let _ = child.kill().await;
             }
             _ = stop.changed() => {

@@ -42,6 +42,8 @@ pub struct Options {
     pub log_dir: PathBuf,
     /// Instances, shards, parallelization and queue concurrency (see [`Scaling`]).
     pub scaling: Scaling,
+    /// Build the functions with cargo's release profile, as deployed.
+    pub release: bool,
     /// Fault injection between the functions and the emulator: rate (0 to 1) and seed.
     pub chaos: Option<(f64, u64)>,
     /// Writes throttled for good: (operation, text in the request), e.g.
@@ -77,7 +79,7 @@ pub struct Stack {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _server: Server,
-    _proxy: Server,
+    _proxies: Vec<Server>,
 }
 
 /// The emulator's endpoint from `AWS_ENDPOINT_URL`; the local stack refuses anything but
@@ -125,14 +127,14 @@ impl Stack {
             Arc::new(chaos)
         });
         // the functions reach the emulator through the proxy: atomic DynamoDB writes, and chaos
+        // (one port per function, so that its calls are counted as its own)
         let writes = Arc::new(Proxy::new(emulator_endpoint()?, chaos.clone()));
-        let proxy = writes.serve().await?;
+        let mut proxies = Vec::new();
         if let Some(c) = chaos.as_ref().filter(|c| c.rate() > 0.0) {
             progress(&format!(
-                "chaos: {:.0}% of the functions' writes faulted (seed {}) through http://{}; bus → Kinesis records duplicated and reordered",
+                "chaos: {:.0}% of the functions' writes faulted (seed {}) by the proxy in front of the emulator; bus → Kinesis records duplicated and reordered",
                 c.rate() * 100.0,
                 opts.chaos.map_or(0, |(_, seed)| seed),
-                proxy.addr
             ));
         }
         let region = config
@@ -182,7 +184,7 @@ impl Stack {
             binaries.len(),
             binaries.join(", ")
         ));
-        let exes = crate::binaries::build(&opts.root, &binaries).await?;
+        let exes = crate::binaries::build(&opts.root, &binaries, opts.release).await?;
 
         let listener = TcpListener::bind(("127.0.0.1", opts.api_port)).await?;
         let api = listener.local_addr()?;
@@ -195,8 +197,10 @@ impl Stack {
         for mut spec in specs {
             spec.environment
                 .insert("AWS_ENDPOINT_URL_LAMBDA".into(), format!("http://{api}"));
+            let proxy = writes.serve(&spec.logical_id).await?;
             spec.environment
                 .insert("AWS_ENDPOINT_URL".into(), format!("http://{}", proxy.addr));
+            proxies.push(proxy);
             let exe = exes
                 .get(&spec.binary)
                 .ok_or_else(|| Error::Other(format!("no binary for {}", spec.name)))?;
@@ -348,7 +352,7 @@ impl Stack {
             stop,
             tasks,
             _server: server,
-            _proxy: proxy,
+            _proxies: proxies,
         })
     }
 

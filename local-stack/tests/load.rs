@@ -27,6 +27,11 @@ fn under_load_and_chaos_nothing_is_lost_or_doubled() {
             "11",
             "--wait",
             "150",
+            // two shards of two lanes each: one stream's records in concurrent batches
+            "--shards",
+            "2",
+            "--parallelization",
+            "2",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -47,4 +52,28 @@ fn under_load_and_chaos_nothing_is_lost_or_doubled() {
         assert!(stdout.contains(kind), "no `{kind}` injected:\n{stdout}");
     }
     assert!(stdout.contains("doubled 0"), "{stdout}");
+
+    // the figures: every accepted command that made an event was seen in its view
+    let latency = stdout
+        .lines()
+        .find(|l| l.contains("accepted command → its view: p50"))
+        .unwrap_or_else(|| panic!("no latency figures:\n{stdout}"));
+    assert!(latency.contains(", 0 never shown"), "{latency}");
+    let listener = stdout
+        .lines()
+        .find(|l| l.contains("-listener ") && l.contains(" of 4 "))
+        .unwrap_or_else(|| panic!("the listener runs 2 shards × 2 lanes:\n{stdout}"));
+    assert!(!listener.contains(" 0 of 4"), "{listener}");
+    for figure in [
+        "commands/s: offered",
+        "DomainEvents",
+        "max iterator age",
+        "DynamoDB.TransactWriteItems",
+        "per stored command",
+        "CPU during the run",
+    ] {
+        assert!(stdout.contains(figure), "no `{figure}`:\n{stdout}");
+    }
+    // nothing on the hot path reads a whole table (docs/SCALE.md)
+    assert!(!stdout.contains("DynamoDB.Scan"), "{stdout}");
 }
