@@ -27,11 +27,11 @@ fn under_load_and_chaos_nothing_is_lost_or_doubled() {
             "11",
             "--wait",
             "150",
-            // two shards of two lanes each: one stream's records in concurrent batches
+            // two shards of four lanes each: one stream's records in concurrent batches
             "--shards",
             "2",
             "--parallelization",
-            "2",
+            "4",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -61,9 +61,9 @@ fn under_load_and_chaos_nothing_is_lost_or_doubled() {
     assert!(latency.contains(", 0 never shown"), "{latency}");
     let listener = stdout
         .lines()
-        .find(|l| l.contains("-listener ") && l.contains(" of 4 "))
-        .unwrap_or_else(|| panic!("the listener runs 2 shards × 2 lanes:\n{stdout}"));
-    assert!(!listener.contains(" 0 of 4"), "{listener}");
+        .find(|l| l.contains("-listener ") && l.contains(" of 8 "))
+        .unwrap_or_else(|| panic!("the listener runs 2 shards × 4 lanes:\n{stdout}"));
+    assert!(!listener.contains(" 0 of 8"), "{listener}");
     for figure in [
         "commands/s: offered",
         "DomainEvents",

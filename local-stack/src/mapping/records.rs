@@ -75,6 +75,19 @@ fn item(m: &std::collections::HashMap<String, ddb::AttributeValue>) -> Value {
     )
 }
 
+/// A DynamoDB record's item key as one text, the same for every change of one item: what picks
+/// its lane. The SDK hands the key attributes over in a hash map, whose order differs from one
+/// record to the next, so they are sorted by name first (else one item's changes would go to
+/// different lanes and lose their order).
+pub fn dynamodb_key(keys: &Value) -> String {
+    let mut pairs: Vec<(&String, &Value)> = keys
+        .as_object()
+        .map(|m| m.iter().collect())
+        .unwrap_or_default();
+    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serde_json::to_string(&pairs).unwrap_or_default()
+}
+
 /// A DynamoDB stream record in a Lambda event (`Records[]` of a DynamoDB event); also what its
 /// filters see.
 pub fn dynamodb_record(r: &ddb::Record, stream_arn: &str, region: &str) -> Value {
@@ -173,4 +186,30 @@ pub fn sqs_filter_view(record: &Value) -> Value {
         view["body"] = parsed;
     }
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::stream::lane;
+
+    #[test]
+    fn one_items_changes_have_one_key_whatever_the_order_of_its_attributes() {
+        let mut a = Map::new();
+        a.insert("pk".into(), json!({"S": "thing#t1"}));
+        a.insert("sk".into(), json!({"S": "stream"}));
+        let mut b = Map::new();
+        b.insert("sk".into(), json!({"S": "stream"}));
+        b.insert("pk".into(), json!({"S": "thing#t1"}));
+        let (a, b) = (
+            dynamodb_key(&Value::Object(a)),
+            dynamodb_key(&Value::Object(b)),
+        );
+        assert_eq!(a, b);
+        assert_eq!(lane(&a, 10), lane(&b, 10));
+        assert_ne!(
+            a,
+            dynamodb_key(&json!({"pk": {"S": "thing#t2"}, "sk": {"S": "stream"}}))
+        );
+    }
 }

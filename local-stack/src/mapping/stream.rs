@@ -17,7 +17,9 @@ use super::Activity;
 use super::checkpoint::Checkpoint;
 use super::control::MappingControl;
 use super::policy::{self, Answer, Condition, Failed, Next, Rules, Settle, Shard};
-use super::records::{dynamodb_record, dynamodb_sequence, kinesis_filter_view, kinesis_record};
+use super::records::{
+    dynamodb_key, dynamodb_record, dynamodb_sequence, kinesis_filter_view, kinesis_record,
+};
 use crate::Error;
 use crate::chaos::{Chaos, Kind};
 use crate::destination::send_to_queue_arn;
@@ -291,7 +293,7 @@ impl StreamPoller {
                     if self.keep(&record) {
                         recs.push(Rec {
                             seq: dynamodb_sequence(r),
-                            key: record["dynamodb"]["Keys"].to_string(),
+                            key: dynamodb_key(&record["dynamodb"]["Keys"]),
                             index: 0,
                             arrival: record["dynamodb"]["ApproximateCreationDateTime"]
                                 .as_f64()
