@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use lambda_stream::Retry;
@@ -156,6 +156,13 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// An item's `sequence`, if it has one.
+fn sequence_of(item: &HashMap<String, AttributeValue>) -> Option<u64> {
+    item.get("sequence")
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse().ok())
+}
+
 fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -192,23 +199,77 @@ impl Intake {
             .send()
             .await
             .map_err(|e| SubmitError::Unavailable(lambda_stream::aws::classify(e).to_string()))?;
-        Ok(out
-            .item
-            .and_then(|i| i.get("sequence").cloned())
-            .and_then(|v| v.as_n().ok().and_then(|n| n.parse().ok())))
+        Ok(out.item.as_ref().and_then(sequence_of))
+    }
+
+    /// The sequence the request's marker holds (a repeat) and the stream's head, read in one
+    /// consistent `BatchGetItem`: one call per command instead of two (the read units are the
+    /// same). Keys DynamoDB leaves unprocessed (throttling) are asked for again after a pause.
+    async fn read_marker_and_stream(
+        &self,
+        marker: &str,
+        stream: &str,
+    ) -> Result<(Option<u64>, Option<u64>), SubmitError> {
+        let keys = KeysAndAttributes::builder()
+            .keys(Self::key(marker, "request"))
+            .keys(Self::key(stream, "stream"))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| SubmitError::Failed(e.to_string()))?;
+        let (mut seen, mut head) = (None, None);
+        let mut pending = Some(keys);
+        let mut delays = RETRY.delays();
+        while let Some(keys) = pending.take() {
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, keys)
+                .send()
+                .await
+                .map_err(|e| {
+                    SubmitError::Unavailable(lambda_stream::aws::classify(e).to_string())
+                })?;
+            let items = out
+                .responses
+                .and_then(|mut r| r.remove(&self.table))
+                .unwrap_or_default();
+            for item in &items {
+                // the sort key tells the two apart (a stream may share a marker's pk)
+                match item
+                    .get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .map(String::as_str)
+                {
+                    Some("request") => seen = sequence_of(item),
+                    Some("stream") => head = sequence_of(item),
+                    _ => {}
+                }
+            }
+            pending = out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .filter(|k| !k.keys().is_empty());
+            if pending.is_some() {
+                let Some(delay) = delays.next() else {
+                    return Err(SubmitError::Unavailable(
+                        "reads throttled; retry with the same requestId".into(),
+                    ));
+                };
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Ok((seen, head))
     }
 
     /// Appends `cmd` to its stream once.
     pub async fn submit(&self, cmd: &Command) -> Result<Accepted, SubmitError> {
         let marker = format!("request#{}", cmd.request_id);
         // a repeated request is answered from its marker without attempting a write (a
-        // cancelled transaction still consumes write capacity); the marker is read alongside
-        // the stream's sequence, so a new command waits for no extra round trip
-        let (seen, mut stream_read) = tokio::join!(
-            self.read_sequence(&marker, "request"),
-            self.read_sequence(&cmd.stream, "stream")
-        );
-        if let Some(sequence) = seen? {
+        // cancelled transaction still consumes write capacity); the marker is read with the
+        // stream's sequence, so a new command waits for no extra round trip
+        let (seen, head) = self.read_marker_and_stream(&marker, &cmd.stream).await?;
+        let mut stream_read = Ok(head);
+        if let Some(sequence) = seen {
             return Ok(Accepted {
                 request_id: cmd.request_id.clone(),
                 stream: cmd.stream.clone(),
