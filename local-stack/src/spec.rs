@@ -90,7 +90,7 @@ pub struct QueueMapping {
     /// Event filters; messages that match none are deleted unseen, as Lambda does.
     pub filters: Vec<Pattern>,
     /// `ScalingConfig.MaximumConcurrency` (2–1000): the most batches in flight at once
-    /// (`None`: as many as the function's concurrency allows).
+    /// (`None`: [`crate::scaling::QUEUE_CONCURRENCY`], the pollers Lambda starts with).
     pub max_concurrency: Option<usize>,
     /// `MaximumBatchingWindowInSeconds`: how long to gather messages before invoking with
     /// fewer than `batch_size`.

@@ -142,7 +142,8 @@ impl QueuePoller {
                 c.filtered += skip.len() as u64;
                 c.finished += skip.len() as u64;
             });
-            self.delete(url, skip.iter().map(|(m, _)| m)).await?;
+            self.delete(url, skip.iter().map(|(m, _)| m).collect())
+                .await?;
         }
         if keep.is_empty() {
             return Ok(());
@@ -176,8 +177,9 @@ impl QueuePoller {
             .collect();
         let done: Vec<&Message> = keep
             .iter()
-            .map(|(m, _)| m)
-            .filter(|m| !failed.iter().any(|f| f.message_id() == m.message_id()))
+            .zip(&is_done)
+            .filter(|(_, done)| **done)
+            .map(|((m, _), _)| m)
             .collect();
         self.activity.update(&key, |c| {
             c.finished += done.len() as u64;
@@ -185,9 +187,10 @@ impl QueuePoller {
                 c.retried += 1;
             }
         });
-        self.delete(url, done.into_iter()).await?;
-        if !failed.is_empty() {
-            let entries: Vec<_> = failed
+        self.delete(url, done).await?;
+        // SQS takes at most 10 entries per batch call; a batch may hold more with a window
+        for chunk in failed.chunks(10) {
+            let entries: Vec<_> = chunk
                 .iter()
                 .enumerate()
                 .filter_map(|(i, m)| {
@@ -199,42 +202,52 @@ impl QueuePoller {
                         .ok()
                 })
                 .collect();
-            self.sqs
+            let out = self
+                .sqs
                 .change_message_visibility_batch()
                 .queue_url(url)
                 .set_entries(Some(entries))
                 .send()
                 .await
                 .map_err(Error::aws)?;
+            if !out.failed().is_empty() {
+                // they come back after the queue's visibility timeout instead
+                tracing::warn!(mapping = %self.key(), failed = out.failed().len(), "some messages kept their visibility timeout");
+            }
         }
         Ok(())
     }
 
-    async fn delete<'a>(
-        &self,
-        url: &str,
-        messages: impl Iterator<Item = &'a Message>,
-    ) -> Result<(), Error> {
-        let entries: Vec<_> = messages
-            .enumerate()
-            .filter_map(|(i, m)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(m.receipt_handle()?)
-                    .build()
-                    .ok()
-            })
-            .collect();
-        if entries.is_empty() {
-            return Ok(());
+    /// Deletes `messages`, ten to a call (SQS's most per batch).
+    async fn delete(&self, url: &str, messages: Vec<&Message>) -> Result<(), Error> {
+        for chunk in messages.chunks(10) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle()?)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            if entries.is_empty() {
+                continue;
+            }
+            let out = self
+                .sqs
+                .delete_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(Error::aws)?;
+            if !out.failed().is_empty() {
+                // not deleted: delivered again after the visibility timeout, as Lambda would
+                tracing::warn!(mapping = %self.key(), failed = out.failed().len(), "some messages could not be deleted");
+            }
         }
-        self.sqs
-            .delete_message_batch()
-            .queue_url(url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(Error::aws)?;
         Ok(())
     }
 }
