@@ -27,7 +27,7 @@ for shards in 1 2 4; do
       (cd "$root" && "$bin" load --release --commands "$commands" --things "$things" \
         --clients "$clients" --shards "$shards" --parallelization "$pf" \
         --instances "$instances" --wait 300) >"$log" 2>&1 || status=FAILED
-      figures=$(grep -m1 'commands/s: offered' "$log" || true)
+      figures=$(grep -m1 'commands/s: sent' "$log" || true)
       latency=$(grep -m1 'its view: p50' "$log" || true)
       cpu=$(grep -m1 'CPU during the run' "$log" || true)
       accepted=$(sed -n 's/.*accepted \([0-9.]*\),.*/\1/p' <<<"$figures")

@@ -369,8 +369,9 @@ pub async fn send(
     let started = Instant::now();
     let interval = rate
         .filter(|r| *r > 0.0)
-        .map(|r| Duration::from_secs_f64(workload.len().max(1) as f64 / r));
-    let clients = workload.into_iter().enumerate().map(|(c, requests)| {
+        .and_then(|r| Duration::try_from_secs_f64(workload.len().max(1) as f64 / r).ok());
+    let clients = workload.len().max(1);
+    let senders = workload.into_iter().enumerate().map(|(c, requests)| {
         let url = Arc::clone(&url);
         let progress = Arc::clone(&progress);
         tokio::spawn(async move {
@@ -379,10 +380,16 @@ pub async fn send(
             let mut answered = Vec::new();
             let mut resent = 0;
             // clients start spread over one interval, not all at once
-            let offset = interval.map(|i| i.mul_f64(c as f64 / 16.0).min(i));
+            let offset = interval.map(|i| i.mul_f64(c as f64 / clients as f64));
             for (k, request) in requests.into_iter().enumerate() {
                 if let (Some(i), Some(offset)) = (interval, offset) {
-                    tokio::time::sleep_until((started + offset + i * k as u32).into()).await;
+                    let due = i
+                        .checked_mul(u32::try_from(k).unwrap_or(u32::MAX))
+                        .and_then(|d| d.checked_add(offset))
+                        .and_then(|d| started.checked_add(d));
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
                 }
                 progress.sent.fetch_add(1, Relaxed);
                 let mut last = String::new();
@@ -421,7 +428,7 @@ pub async fn send(
         })
     });
     let mut sent = Sent::default();
-    for (answers, answered, resent) in futures::future::join_all(clients)
+    for (answers, answered, resent) in futures::future::join_all(senders)
         .await
         .into_iter()
         .flatten()
@@ -454,8 +461,10 @@ async fn watch_views(
         .to_owned();
     let mut seen = Sightings::new();
     loop {
+        let scanning = started.elapsed();
         if let Ok(rows) = crate::demo::scan(stack, &table).await {
-            let at = started.elapsed();
+            // an item is read somewhere within the scan: its middle errs least either way
+            let at = (scanning + started.elapsed()) / 2;
             for row in rows {
                 let (Some(id), Some(version)) = (row["pk"].as_str(), row["version"].as_u64())
                 else {
@@ -793,7 +802,7 @@ pub async fn run(stack: &Stack, s: &Settings) -> Result<Report, Error> {
         elapsed.as_secs_f64()
     );
     println!(
-        "  commands/s: offered {:.1}, accepted {:.1}, rejected by the rules {:.1}, invalid {:.1}",
+        "  commands/s: sent {:.1}, accepted {:.1}, rejected by the rules {:.1}, invalid {:.1}",
         requests as f64 / secs,
         accepted as f64 / secs,
         m.rejected.len() as f64 / secs,

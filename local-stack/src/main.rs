@@ -141,9 +141,9 @@ enum Command {
         /// How long to wait for the system to settle, in seconds.
         #[arg(long, default_value_t = 240)]
         wait: u64,
-        /// Commands a second offered by the clients together (default: each client sends
-        /// its next command as soon as the last is answered).
-        #[arg(long)]
+        /// Commands a second the clients send together, at most (each waits for its answer
+        /// before its next command, so a slow system gets fewer); default: as fast as answered.
+        #[arg(long, value_parser = rate)]
         rate: Option<f64>,
         /// Send for this many seconds: `--commands` becomes rate × duration (needs `--rate`).
         #[arg(long, requires = "rate")]
@@ -333,6 +333,15 @@ fn fresh(prefix: &str) -> String {
         "{prefix}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     )
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.01..=1e6).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "`{text}`: expected commands a second, 0.01 to 1000000"
+        )),
+    }
 }
 
 fn parameter(text: &str) -> Result<(String, String), String> {

@@ -119,24 +119,27 @@ struct InstanceUsage {
     pid: AtomicU32,
     /// CPU of its earlier processes (restarted after a timeout or a crash), in ms.
     earlier_cpu_ms: AtomicU64,
+    /// The current process's CPU when last read, in ms: what is kept of it if it exits (once
+    /// reaped, `/proc` no longer has it), so that the sum never goes back.
+    seen_cpu_ms: AtomicU64,
 }
 
 impl InstanceUsage {
     fn cpu(&self) -> Duration {
-        let now = match self.pid.load(Relaxed) {
-            0 => Duration::ZERO,
-            pid => crate::cpu::of_process(pid).unwrap_or_default(),
-        };
-        now + Duration::from_millis(self.earlier_cpu_ms.load(Relaxed))
+        let pid = self.pid.load(Relaxed);
+        if let Some(now) = crate::cpu::of_process(pid).filter(|_| pid != 0) {
+            self.seen_cpu_ms.fetch_max(now.as_millis() as u64, Relaxed);
+        }
+        Duration::from_millis(self.earlier_cpu_ms.load(Relaxed) + self.seen_cpu_ms.load(Relaxed))
     }
 
-    /// The process is about to go: keep what it used.
+    /// The process is going (killed, or exited): keep what it used, as last read if it is
+    /// already gone.
     fn retire(&self) {
-        let pid = self.pid.swap(0, Relaxed);
-        if let Some(cpu) = crate::cpu::of_process(pid).filter(|_| pid != 0) {
-            self.earlier_cpu_ms
-                .fetch_add(cpu.as_millis() as u64, Relaxed);
-        }
+        self.cpu();
+        self.pid.store(0, Relaxed);
+        let seen = self.seen_cpu_ms.swap(0, Relaxed);
+        self.earlier_cpu_ms.fetch_add(seen, Relaxed);
     }
 }
 
@@ -384,8 +387,8 @@ async fn supervise(
         };
         tokio::select! {
             status = child.wait() => {
-                // its CPU is gone with it; only a crash loses it, and a crash is rare
-                usage.pid.store(0, Relaxed);
+                // reaped: its CPU since it was last read is lost (a crash is rare)
+                usage.retire();
                 // a function that cannot start is retried slower and slower, as Lambda does
                 if born.elapsed() > Duration::from_secs(10) {
                     failures = 0;

@@ -65,7 +65,7 @@ fn under_load_and_chaos_nothing_is_lost_or_doubled() {
         .unwrap_or_else(|| panic!("the listener runs 2 shards × 4 lanes:\n{stdout}"));
     assert!(!listener.contains(" 0 of 8"), "{listener}");
     for figure in [
-        "commands/s: offered",
+        "commands/s: sent",
         "DomainEvents",
         "max iterator age",
         "DynamoDB.TransactWriteItems",

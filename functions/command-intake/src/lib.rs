@@ -203,8 +203,10 @@ impl Intake {
     }
 
     /// The sequence the request's marker holds (a repeat) and the stream's head, read in one
-    /// consistent `BatchGetItem`: one call per command instead of two (the read units are the
-    /// same). Keys DynamoDB leaves unprocessed (throttling) are asked for again after a pause.
+    /// `BatchGetItem` of two strongly consistent reads: one call per command instead of two
+    /// (the read units are the same). The two are not one snapshot, and need not be: the
+    /// transaction's conditions decide. Keys DynamoDB leaves unprocessed (throttling) are asked
+    /// for again after a pause.
     async fn read_marker_and_stream(
         &self,
         marker: &str,
