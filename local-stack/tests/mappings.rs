@@ -208,11 +208,8 @@ fn control() -> Arc<MappingControl> {
     ))
 }
 
-/// Runs the poller until `finished` records are finished (or 30 s pass), then stops it.
-async fn run_until(poller: StreamPoller, finished: u64) -> Arc<Activity> {
-    let activity = Arc::clone(&poller.activity);
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(Arc::new(poller).run(stopped));
+/// Waits until `finished` records are finished across the mappings (or 30 s pass).
+async fn wait_finished(activity: &Activity, finished: u64) {
     let started = Instant::now();
     while activity
         .snapshot()
@@ -228,6 +225,14 @@ async fn run_until(poller: StreamPoller, finished: u64) -> Arc<Activity> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs the poller until `finished` records are finished (or 30 s pass), then stops it.
+async fn run_until(poller: StreamPoller, finished: u64) -> Arc<Activity> {
+    let activity = Arc::clone(&poller.activity);
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(Arc::new(poller).run(stopped));
+    wait_finished(&activity, finished).await;
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
     activity
@@ -593,37 +598,8 @@ async fn sqs_redelivers_only_the_reported_messages() {
         region: "us-east-1".into(),
         control: control(),
     });
-    let activity = Arc::clone(&poller.activity);
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(Arc::clone(&poller).run(stopped));
-    let started = Instant::now();
-    while activity
-        .snapshot()
-        .get("recording/test")
-        .map_or(0, |c| c.finished)
-        < 3
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            activity.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    stop.send(true).unwrap();
-    task.await.unwrap().unwrap();
-    let bodies: Vec<String> = function
-        .calls()
-        .iter()
-        .flat_map(|b| {
-            b["Records"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["body"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    run_queue_until(poller, 3).await;
+    let bodies = bodies(&function);
     let count = |n: u32| {
         bodies
             .iter()
@@ -796,20 +772,7 @@ async fn run_queue_until(poller: Arc<QueuePoller>, finished: u64) {
     let activity = Arc::clone(&poller.activity);
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(Arc::clone(&poller).run(stopped));
-    let started = Instant::now();
-    while activity
-        .snapshot()
-        .get("recording/test")
-        .map_or(0, |c| c.finished)
-        < finished
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            activity.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_finished(&activity, finished).await;
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
