@@ -130,6 +130,56 @@ fn u64_of(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// SQS's default `VisibilityTimeout`.
+const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
+
+/// A queue mapping's visibility timeout against its function's timeout, when the queue is in the
+/// template. Lambda refuses a mapping whose queue hides a message for less time than the
+/// function may run (the message would come back while its first invocation still holds it),
+/// so this is an error here too. Below six times the timeout plus the batching window (AWS's
+/// advice, room for the retries of throttled invocations) it is a warning: messages may be
+/// received again, and counted against `maxReceiveCount`, while a batch is still running.
+fn check_visibility(
+    template: &Template,
+    function: &str,
+    queue: Option<&Value>,
+    timeout: Duration,
+    window: Duration,
+) -> Result<(), Error> {
+    let Some(queue_id) = queue
+        .and_then(|q| q.pointer("/Fn::GetAtt/0"))
+        .and_then(Value::as_str)
+    else {
+        return Ok(());
+    };
+    let Some(resource) = template.resource(queue_id) else {
+        return Ok(());
+    };
+    let visibility = u64_of(resource.properties.get("VisibilityTimeout"))
+        .map(|s| Duration::from_secs(s.max(0) as u64))
+        .unwrap_or(DEFAULT_VISIBILITY);
+    if visibility < timeout {
+        return Err(Error::Template(format!(
+            "{function}: queue {queue_id}'s VisibilityTimeout ({}s) is less than the function's \
+             Timeout ({}s); Lambda refuses this event source mapping",
+            visibility.as_secs(),
+            timeout.as_secs()
+        )));
+    }
+    let advised = timeout * 6 + window;
+    if visibility < advised {
+        tracing::warn!(
+            function,
+            queue = queue_id,
+            visibility_s = visibility.as_secs(),
+            advised_s = advised.as_secs(),
+            "the queue's VisibilityTimeout is under six times the function's Timeout plus its \
+             batching window: a message may be received again while its batch still runs"
+        );
+    }
+    Ok(())
+}
+
 /// `FunctionResponseTypes: [ReportBatchItemFailures]`.
 fn reports_failures(props: &Value) -> bool {
     props
@@ -259,6 +309,13 @@ impl FunctionSpec {
                             .clamp(0, 300) as u64;
                         // more than 10 messages a batch needs a batching window, as on Lambda
                         let most = if window > 0 { 10_000 } else { 10 };
+                        check_visibility(
+                            template,
+                            id,
+                            p.get("Queue"),
+                            Duration::from_secs(timeout),
+                            Duration::from_secs(window),
+                        )?;
                         EventSource::Queue(QueueMapping {
                             id: event_id.clone(),
                             arn: names.string(p.get("Queue").unwrap_or(&Value::Null))?,
@@ -320,5 +377,55 @@ impl FunctionSpec {
             reserved_concurrency: u64_of(setting("ReservedConcurrentExecutions"))
                 .map(|n| n.max(0) as usize),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(visibility: Option<u64>) -> Template {
+        let visibility = visibility
+            .map(|v| format!("VisibilityTimeout: {v}"))
+            .unwrap_or_default();
+        Template::parse(&format!(
+            r#"
+Resources:
+  Queue:
+    Type: AWS::SQS::Queue
+    Properties:
+      {visibility}
+  Fn:
+    Type: AWS::Serverless::Function
+    Metadata:
+      BuildProperties: {{Binary: fn}}
+    Properties:
+      Timeout: 60
+      Events:
+        Q:
+          Type: SQS
+          Properties:
+            Queue: !GetAtt Queue.Arn
+"#
+        ))
+        .unwrap()
+    }
+
+    fn functions(t: &Template) -> Result<Vec<FunctionSpec>, Error> {
+        let mut names = Names::new(t, "s", "us-east-1");
+        names.set_attr("Queue", "Arn", "arn:aws:sqs:us-east-1:000000000000:q");
+        FunctionSpec::all(t, &names)
+    }
+
+    #[test]
+    fn a_queue_hiding_messages_for_less_than_the_function_timeout_is_refused_as_lambda_does() {
+        let err = functions(&template(Some(30))).unwrap_err().to_string();
+        assert!(err.contains("VisibilityTimeout (30s)"), "{err}");
+        assert!(err.contains("Timeout (60s)"), "{err}");
+        // SQS's default of 30 s is too short for a 60 s function as well
+        assert!(functions(&template(None)).is_err());
+        // at or above the timeout it runs (under 6× it only warns)
+        assert_eq!(functions(&template(Some(60))).unwrap()[0].events.len(), 1);
+        assert_eq!(functions(&template(Some(360))).unwrap()[0].events.len(), 1);
     }
 }
