@@ -5,6 +5,9 @@
 #
 #   scripts/with-emulator.sh scripts/scale-table.sh [COMMANDS] [THINGS] [CLIENTS]
 #
+# SHARDS, PARALLELIZATION and INSTANCES (space-separated lists) pick a part of the table, e.g.
+# `SHARDS=4 scripts/with-emulator.sh scripts/scale-table.sh` runs the four-shard rows only.
+#
 # Each cell is a fresh stack on the same emulator. Per-entity order is checked in every cell by
 # the load run's audit (versions without gaps, every view as its commands imply).
 set -euo pipefail
@@ -19,9 +22,9 @@ logs="$root/target/scale-table"
 mkdir -p "$logs"
 echo "| shards | parallelization | intake instances | accepted/s | command → view p50 | p99 | emulator CPU | functions CPU | audit |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for shards in 1 2 4; do
-  for pf in 1 4; do
-    for instances in 1 4; do
+for shards in ${SHARDS:-1 2 4}; do
+  for pf in ${PARALLELIZATION:-1 4}; do
+    for instances in ${INSTANCES:-1 4}; do
       log="$logs/s$shards-p$pf-i$instances.log"
       status=OK
       (cd "$root" && "$bin" load --release --commands "$commands" --things "$things" \
