@@ -71,9 +71,9 @@ impl Measured {
     pub fn ours() -> Measured {
         Measured {
             name: "lambda-stream (Rust)".into(),
-            listener_cpu_ms: 367.3 / 5000.0,
-            trigger_cpu_ms: 309.0 / 5000.0,
-            peak_rss_mb: 168.0,
+            listener_cpu_ms: 254.8 / 5000.0,
+            trigger_cpu_ms: 191.4 / 5000.0,
+            peak_rss_mb: 170.0,
         }
     }
 
@@ -81,9 +81,9 @@ impl Measured {
     pub fn peer() -> Measured {
         Measured {
             name: "aws-lambda-stream (Node 20)".into(),
-            listener_cpu_ms: 3354.6 / 5000.0,
-            trigger_cpu_ms: 1099.5 / 5000.0,
-            peak_rss_mb: 311.0,
+            listener_cpu_ms: 3614.7 / 5000.0,
+            trigger_cpu_ms: 1113.2 / 5000.0,
+            peak_rss_mb: 308.0,
         }
     }
 
