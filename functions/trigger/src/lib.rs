@@ -25,6 +25,7 @@ use lambda_stream::sources::DynamoDbOptions;
 use lambda_stream::{
     AssembledPipeline, ConfigError, Event, Handler, IntoPipeline, Settings, StepError, UnitOfWork,
 };
+use serde::Deserialize;
 use serde_json::Value;
 
 /// Updates of one thing within [`HOT_WINDOW`] that make it hot.
@@ -45,7 +46,8 @@ pub fn to_event(uow: &UnitOfWork, _related: &[Value]) -> Result<Event, StepError
         .ok_or_else(|| {
             StepError::poison_msg(format!("events-table item {} has no `event`", change.id))
         })?;
-    let event: Event = serde_json::from_value(stored.clone())?;
+    // read where it lies: `from_value` would take a deep copy of the stored event
+    let event = Event::deserialize(stored)?;
     if event.id.is_empty() {
         return Err(StepError::poison_msg(format!(
             "stored event of item {} has no id",
