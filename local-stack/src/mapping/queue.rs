@@ -202,6 +202,10 @@ impl QueuePoller {
                         .ok()
                 })
                 .collect();
+            // SQS refuses an empty batch (a message without a receipt handle cannot be released)
+            if entries.is_empty() {
+                continue;
+            }
             let out = self
                 .sqs
                 .change_message_visibility_batch()
