@@ -146,10 +146,7 @@ fn check_visibility(
     timeout: Duration,
     window: Duration,
 ) -> Result<(), Error> {
-    let Some(queue_id) = queue
-        .and_then(|q| q.pointer("/Fn::GetAtt/0"))
-        .and_then(Value::as_str)
-    else {
+    let Some(queue_id) = queue.and_then(Names::get_att_resource) else {
         return Ok(());
     };
     let Some(resource) = template.resource(queue_id) else {

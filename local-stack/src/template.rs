@@ -294,6 +294,16 @@ impl Names {
             .ok_or_else(|| Error::Template(format!("!Ref {id}: unknown or not created yet")))
     }
 
+    /// The logical id of the resource a `Fn::GetAtt` names, in either of its forms
+    /// (`[Id, Attr]` or `"Id.Attr"`); `None` for anything else.
+    pub fn get_att_resource(value: &Value) -> Option<&str> {
+        match value.get("Fn::GetAtt")? {
+            Value::Array(items) => items.first()?.as_str(),
+            Value::String(s) => s.split('.').next(),
+            _ => None,
+        }
+    }
+
     fn get_att(&self, v: &Value) -> Result<String, Error> {
         let parts: Vec<String> = match v {
             Value::Array(items) => items
@@ -387,6 +397,15 @@ Resources:
       Joined: !Join ["/", [a, !Ref Stage]]
       Literal: !Sub "${!NotAVar} ${Table.Arn}"
 "#;
+
+    #[test]
+    fn a_get_att_names_its_resource_in_either_form() {
+        let list = serde_json::json!({"Fn::GetAtt": ["Queue", "Arn"]});
+        let dotted = serde_json::json!({"Fn::GetAtt": "Queue.Arn"});
+        assert_eq!(Names::get_att_resource(&list), Some("Queue"));
+        assert_eq!(Names::get_att_resource(&dotted), Some("Queue"));
+        assert_eq!(Names::get_att_resource(&serde_json::json!("arn:q")), None);
+    }
 
     #[test]
     fn short_form_intrinsics_resolve() {
