@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Decoded, DynamoDbRecords, SourceRecord};
 use crate::event::Event;
+use crate::faults::truncate;
 
 /// How [`from_dynamodb`] reads a single-table design.
 ///
@@ -156,7 +157,7 @@ fn decode(record: &EventRecord, opts: &DynamoDbOptions) -> Result<Option<(Event,
     let mut raw = Map::new();
     for (name, img) in [("new", new), ("old", old)] {
         if !img.is_empty() {
-            let value: Value = serde_dynamo::from_item(img.clone())
+            let value = image_json(img)
                 .map_err(|e| format!("{name} image is not convertible to JSON: {e}"))?;
             raw.insert(name.into(), value);
         }
@@ -176,6 +177,62 @@ fn decode(record: &EventRecord, opts: &DynamoDbOptions) -> Result<Option<(Event,
     Ok(Some((event, latched)))
 }
 
+/// An image as JSON, read where it lies: serde_dynamo's `from_item` gives the same values but
+/// needs its own copy of the image, and the copy and its teardown were a third of decoding a
+/// change.
+fn image_json(image: &serde_dynamo::Item) -> Result<Value, String> {
+    image
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), json_of(k, v)?)))
+        .collect::<Result<Map<String, Value>, String>>()
+        .map(Value::Object)
+}
+
+/// One attribute as serde_dynamo turns it into JSON: a number as `i64`, else `u64`, else `f64`
+/// (not finite: `null`), sets as arrays, and binary, which JSON has no type for, an error.
+fn json_of(name: &str, v: &AttributeValue) -> Result<Value, String> {
+    Ok(match v {
+        AttributeValue::S(s) => Value::String(s.clone()),
+        AttributeValue::N(n) => number(name, n)?,
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::M(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), json_of(k, v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        AttributeValue::L(l) => Value::Array(
+            l.iter()
+                .map(|v| json_of(name, v))
+                .collect::<Result<_, _>>()?,
+        ),
+        AttributeValue::Ss(ss) => Value::Array(ss.iter().cloned().map(Value::String).collect()),
+        AttributeValue::Ns(ns) => Value::Array(
+            ns.iter()
+                .map(|n| number(name, n))
+                .collect::<Result<_, _>>()?,
+        ),
+        AttributeValue::B(_) | AttributeValue::Bs(_) => {
+            return Err(format!(
+                "`{}` is binary, which JSON has no type for",
+                truncate(name, 100)
+            ));
+        }
+    })
+}
+
+fn number(name: &str, n: &str) -> Result<Value, String> {
+    if let Ok(i) = n.parse::<i64>() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(u) = n.parse::<u64>() {
+        return Ok(Value::from(u));
+    }
+    n.parse::<f64>()
+        .map(Value::from)
+        .map_err(|e| format!("`{}` is not a number: {e}", truncate(name, 100)))
+}
+
 fn scalar(v: &AttributeValue) -> Option<String> {
     match v {
         AttributeValue::S(s) | AttributeValue::N(s) => Some(s.clone()),
@@ -192,4 +249,43 @@ fn is_ttl_expiry(record: &EventRecord) -> bool {
         .user_identity
         .as_ref()
         .is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn av(v: serde_json::Value) -> AttributeValue {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn an_image_reads_as_serde_dynamo_reads_it() {
+        let image: serde_dynamo::Item = serde_json::from_value(serde_json::json!({
+            "pk": {"S": "thing-1"}, "empty": {"S": ""}, "i": {"N": "-42"}, "u": {"N": "18446744073709551615"},
+            "f": {"N": "1.50"}, "e": {"N": "1e3"}, "big": {"N": "1e400"}, "plus": {"N": "+7"},
+            "t": {"BOOL": true}, "nothing": {"NULL": true},
+            "list": {"L": [{"N": "1"}, {"S": "a"}, {"L": [{"BOOL": false}]}]},
+            "m": {"M": {"deeper": {"M": {"name": {"S": "Lamp \"2\""}}}, "o": {"M": {}}}},
+            "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2.5", "-3"]}
+        }))
+        .unwrap();
+        let expected: Value = serde_dynamo::from_item(image.clone()).unwrap();
+        assert_eq!(image_json(&image).unwrap(), expected);
+    }
+
+    #[test]
+    fn what_json_cannot_hold_is_an_error_naming_the_attribute() {
+        for (name, v) in [
+            ("blob", av(serde_json::json!({"B": "AAEC"}))),
+            ("blobs", av(serde_json::json!({"BS": ["AAEC"]}))),
+            ("n", av(serde_json::json!({"N": "twelve"}))),
+        ] {
+            let image =
+                serde_dynamo::Item::from(std::collections::HashMap::from([(name.to_owned(), v)]));
+            let err = image_json(&image).unwrap_err();
+            assert!(err.contains(&format!("`{name}`")), "{err}");
+            assert!(serde_dynamo::from_item::<_, Value>(image).is_err());
+        }
+    }
 }
