@@ -70,7 +70,7 @@ pub fn put_transact_item(
     value: &Value,
     condition: Option<&Expression>,
 ) -> Result<TransactWriteItem, StepError> {
-    let (expression, names, values) = condition_parts(condition)?;
+    let (expression, names, values) = condition_parts(condition);
     let put = Put::builder()
         .table_name(table)
         .set_item(Some(item(value)?))
@@ -124,10 +124,14 @@ pub struct Page {
 
 fn item(v: &Value) -> Result<HashMap<String, AttributeValue>, StepError> {
     match v {
-        Value::Object(map) => Ok(map.iter().map(|(k, v)| (k.clone(), attribute(v))).collect()),
+        Value::Object(map) => Ok(attributes(map)),
         // not an item: serde_dynamo's error says so
         other => dynamo::to_item(other).map_err(StepError::from),
     }
+}
+
+fn attributes(map: &serde_json::Map<String, Value>) -> HashMap<String, AttributeValue> {
+    map.iter().map(|(k, v)| (k.clone(), attribute(v))).collect()
 }
 
 /// A JSON value as DynamoDB stores it, exactly as serde_dynamo serializes it (numbers by
@@ -137,27 +141,20 @@ fn attribute(v: &Value) -> AttributeValue {
     match v {
         Value::Null => AttributeValue::Null(true),
         Value::Bool(b) => AttributeValue::Bool(*b),
-        Value::Number(n) => AttributeValue::N(match (n.as_u64(), n.as_i64(), n.as_f64()) {
-            (Some(u), _, _) => u.to_string(),
-            (None, Some(i), _) => i.to_string(),
-            (None, None, Some(f)) => f.to_string(),
-            (None, None, None) => n.to_string(),
+        // an integer prints as serde_dynamo prints it; a float must go through `f64`'s own
+        // `to_string` (serde_json's shortest form writes `1e300` where it writes the digits)
+        Value::Number(n) => AttributeValue::N(match n.as_f64() {
+            Some(f) if n.is_f64() => f.to_string(),
+            _ => n.to_string(),
         }),
         Value::String(s) => AttributeValue::S(s.clone()),
         Value::Array(items) => AttributeValue::L(items.iter().map(attribute).collect()),
-        Value::Object(map) => {
-            AttributeValue::M(map.iter().map(|(k, v)| (k.clone(), attribute(v))).collect())
-        }
+        Value::Object(map) => AttributeValue::M(attributes(map)),
     }
 }
 
 fn values(e: &Expression) -> Option<HashMap<String, AttributeValue>> {
-    (!e.values.is_empty()).then(|| {
-        e.values
-            .iter()
-            .map(|(k, v)| (k.clone(), attribute(v)))
-            .collect()
-    })
+    (!e.values.is_empty()).then(|| attributes(&e.values))
 }
 
 fn names(e: &Expression) -> Option<HashMap<String, String>> {
@@ -171,11 +168,11 @@ type ConditionParts = (
     Option<HashMap<String, AttributeValue>>,
 );
 
-fn condition_parts(condition: Option<&Expression>) -> Result<ConditionParts, StepError> {
-    Ok(match condition {
+fn condition_parts(condition: Option<&Expression>) -> ConditionParts {
+    match condition {
         Some(c) => (c.condition.clone(), names(c), values(c)),
         None => (None, None, None),
-    })
+    }
 }
 
 fn to_json(item: HashMap<String, AttributeValue>) -> Result<Value, StepError> {
@@ -242,7 +239,7 @@ impl DynamoDb {
         value: &Value,
         condition: Option<&Expression>,
     ) -> Result<Written, StepError> {
-        let (expression, names, values) = condition_parts(condition)?;
+        let (expression, names, values) = condition_parts(condition);
         let send = self
             .client
             .put_item()

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_lambda_events::event::dynamodb::EventRecord;
@@ -177,12 +178,11 @@ fn decode(record: &EventRecord, opts: &DynamoDbOptions) -> Result<Option<(Event,
     Ok(Some((event, latched)))
 }
 
-/// An image as JSON, read where it lies: serde_dynamo's `from_item` gives the same values but
-/// needs its own copy of the image, and the copy and its teardown were a third of decoding a
-/// change.
-fn image_json(image: &serde_dynamo::Item) -> Result<Value, String> {
-    image
-        .iter()
+/// An image (or a map in it) as JSON, read where it lies: serde_dynamo's `from_item` gives the
+/// same values but needs its own copy of the image, and the copy and its teardown were a third
+/// of decoding a change.
+fn image_json(map: &HashMap<String, AttributeValue>) -> Result<Value, String> {
+    map.iter()
         .map(|(k, v)| Ok((k.clone(), json_of(k, v)?)))
         .collect::<Result<Map<String, Value>, String>>()
         .map(Value::Object)
@@ -196,11 +196,7 @@ fn json_of(name: &str, v: &AttributeValue) -> Result<Value, String> {
         AttributeValue::N(n) => number(name, n)?,
         AttributeValue::Bool(b) => Value::Bool(*b),
         AttributeValue::Null(_) => Value::Null,
-        AttributeValue::M(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| Ok((k.clone(), json_of(k, v)?)))
-                .collect::<Result<_, String>>()?,
-        ),
+        AttributeValue::M(m) => image_json(m)?,
         AttributeValue::L(l) => Value::Array(
             l.iter()
                 .map(|v| json_of(name, v))
