@@ -1,7 +1,6 @@
 //! The original Lambda record behind a unit of work: what a partial batch response names, what
 //! a fault event carries so it can be resubmitted.
 
-use aws_lambda_events::event::dynamodb::EventRecord as DynamoDbRecord;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::firehose::KinesisFirehoseEventRecord;
 use aws_lambda_events::event::kinesis::KinesisEventRecord;
@@ -10,6 +9,8 @@ use aws_lambda_events::event::sns::SnsRecord;
 use aws_lambda_events::event::sqs::SqsMessage;
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::sources::DynamoDbRecord;
 
 /// The original Lambda record behind a unit of work, kept for partial batch responses and
 /// for fault events (serialized as it arrived, so it can be resubmitted).
@@ -43,7 +44,7 @@ impl SourceRecord {
     pub fn item_identifier(&self) -> Option<&str> {
         match self {
             SourceRecord::Kinesis(r) => Some(&r.kinesis.sequence_number),
-            SourceRecord::DynamoDb(r) => r.change.sequence_number.as_deref(),
+            SourceRecord::DynamoDb(r) => r.sequence_number(),
             SourceRecord::Sqs(r) => r.message_id.as_deref(),
             SourceRecord::Firehose(r) => r.record_id.as_deref(),
             SourceRecord::Raw(v) => v
@@ -66,7 +67,7 @@ impl SourceRecord {
                 .event_id
                 .as_deref()
                 .or(Some(r.kinesis.sequence_number.as_str())),
-            SourceRecord::DynamoDb(r) => Some(&r.event_id),
+            SourceRecord::DynamoDb(r) => Some(r.event_id()),
             SourceRecord::Sqs(r) => r.message_id.as_deref(),
             SourceRecord::Sns(r) => Some(&r.sns.message_id),
             SourceRecord::S3(r) => r.s3.object.key.as_deref(),
@@ -86,7 +87,7 @@ impl SourceRecord {
     pub fn event_source_arn(&self) -> Option<&str> {
         match self {
             SourceRecord::Kinesis(r) => r.event_source_arn.as_deref(),
-            SourceRecord::DynamoDb(r) => r.event_source_arn.as_deref(),
+            SourceRecord::DynamoDb(r) => r.event_source_arn(),
             SourceRecord::Sqs(m) => m.event_source_arn.as_deref(),
             SourceRecord::Raw(v) => v
                 .get("eventSourceARN")
@@ -115,7 +116,7 @@ impl SourceRecord {
     pub fn payload_len(&self) -> usize {
         match self {
             SourceRecord::Kinesis(r) => r.kinesis.data.0.len(),
-            SourceRecord::DynamoDb(r) => usize::try_from(r.change.size_bytes).unwrap_or(0),
+            SourceRecord::DynamoDb(r) => usize::try_from(r.size_bytes()).unwrap_or(0),
             SourceRecord::Sqs(m) => m.body.as_ref().map_or(0, String::len),
             SourceRecord::Sns(r) => r.sns.message.len(),
             SourceRecord::Firehose(r) => r.data.0.len(),
@@ -132,9 +133,7 @@ impl SourceRecord {
             SourceRecord::Kinesis(r) => {
                 Some(r.kinesis.approximate_arrival_timestamp.0.timestamp_millis())
             }
-            SourceRecord::DynamoDb(r) => {
-                Some(r.change.approximate_creation_date_time.timestamp_millis())
-            }
+            SourceRecord::DynamoDb(r) => Some(r.approximate_creation_millis()),
             SourceRecord::Sqs(m) => m.attributes.get("SentTimestamp")?.parse().ok(),
             SourceRecord::Sns(r) => Some(r.sns.timestamp.timestamp_millis()),
             SourceRecord::S3(r) => Some(r.event_time.timestamp_millis()),

@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lambda_events::event::dynamodb::Event as DynamoDbEvent;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::s3::S3Event;
@@ -143,7 +142,7 @@ fn dynamo_json(v: &Value) -> Value {
 }
 
 /// A DynamoDB stream event carrying `changes` (NEW_AND_OLD_IMAGES, sequence numbers ascending).
-pub fn to_dynamodb_records(changes: &[Change]) -> DynamoDbEvent {
+pub fn to_dynamodb_records(changes: &[Change]) -> crate::sources::DynamoDbRecords {
     build(
         changes
             .iter()

@@ -61,7 +61,7 @@ fn is_expiry(uow: &UnitOfWork) -> bool {
     let SourceRecord::DynamoDb(record) = uow.record() else {
         return false;
     };
-    if record.event_name != "REMOVE" {
+    if record.event_name() != "REMOVE" {
         return false;
     }
     let Some(image) = store::image(uow, "old") else {
@@ -76,11 +76,7 @@ fn is_expiry(uow: &UnitOfWork) -> bool {
     if expire.is_null() || expire == &Value::Bool(false) {
         return false;
     }
-    let by_ttl_service = record
-        .user_identity
-        .as_ref()
-        .is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com");
-    by_ttl_service || record.change.approximate_creation_date_time.timestamp() >= ttl
+    record.is_ttl_expiry() || record.approximate_creation_millis().div_euclid(1000) >= ttl
 }
 
 fn expired_event(uow: &UnitOfWork) -> Result<Event, StepError> {

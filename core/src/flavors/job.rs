@@ -141,7 +141,7 @@ fn moves_the_job(uow: &UnitOfWork) -> bool {
     if new.get(STATUS).and_then(Value::as_str) == Some("done") {
         return false;
     }
-    match record.event_name.as_str() {
+    match record.event_name() {
         "INSERT" => true,
         "MODIFY" => {
             let old = uow
@@ -162,12 +162,11 @@ fn job_key<S>(uow: &UnitOfWork<S>) -> Result<(String, Value), StepError> {
         return Err(StepError::poison_msg("a job runs from a DynamoDB stream"));
     };
     let table = record
-        .event_source_arn
-        .as_deref()
+        .event_source_arn()
         .and_then(|arn| arn.split("table/").nth(1))
         .and_then(|rest| rest.split('/').next())
         .ok_or_else(|| StepError::poison_msg("the job's record names no table"))?;
-    let key: Value = serde_dynamo::from_item(record.change.keys.clone())?;
+    let key: Value = serde_dynamo::from_item(record.keys().clone())?;
     Ok((table.to_owned(), key))
 }
 

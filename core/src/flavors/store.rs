@@ -208,7 +208,7 @@ pub(crate) fn stored(image: &Map<String, Value>) -> Result<Stored, StepError> {
 /// Whether the unit's DynamoDB record is an INSERT (or, with `remove`, a REMOVE).
 pub(crate) fn event_name(uow: &UnitOfWork) -> Option<&str> {
     match uow.record() {
-        SourceRecord::DynamoDb(r) => Some(r.event_name.as_str()),
+        SourceRecord::DynamoDb(r) => Some(r.event_name()),
         _ => None,
     }
 }

@@ -1,11 +1,10 @@
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_lambda_events::event::dynamodb::EventRecord;
 use serde_dynamo::AttributeValue;
 use serde_json::{Map, Value, json};
 
-use super::{Decoded, DynamoDbRecords, SourceRecord};
+use super::dynamodb_record::Image;
+use super::{Decoded, DynamoDbRecord, DynamoDbRecords, SourceRecord};
 use crate::event::Event;
 use crate::faults::truncate;
 
@@ -73,8 +72,8 @@ pub fn from_dynamodb(batch: impl Into<DynamoDbRecords>, opts: &DynamoDbOptions) 
         <super::DynamoDb as super::Source>::REDELIVERY,
         super::Payload::Rows,
         batch.into(),
-        |out, record| {
-            let decoded = decode(&record, opts);
+        |out, mut record| {
+            let decoded = decode(&mut record, opts);
             let (index, shared) = out.push_record(SourceRecord::DynamoDb(record));
             match decoded {
                 Ok(Some((event, latched))) => {
@@ -87,64 +86,73 @@ pub fn from_dynamodb(batch: impl Into<DynamoDbRecords>, opts: &DynamoDbOptions) 
     )
 }
 
-fn decode(record: &EventRecord, opts: &DynamoDbOptions) -> Result<Option<(Event, bool)>, String> {
-    let change = &record.change;
-    let new = &change.new_image;
-    let old = &change.old_image;
-    let image = if new.is_empty() { old } else { new };
+/// The record's change event; its images move into the event's `raw`.
+fn decode(
+    record: &mut DynamoDbRecord,
+    opts: &DynamoDbOptions,
+) -> Result<Option<(Event, bool)>, String> {
+    let (new, old) = record.take_images();
+    let image_or = |image: Option<Image>, name: &str| -> Result<Map<String, Value>, String> {
+        image
+            .transpose()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| format!("{name} image is not convertible to JSON: {e}"))
+    };
+    let (new, old) = (image_or(new, "new")?, image_or(old, "old")?);
+    let image = if new.is_empty() { &old } else { &new };
+    let string = |attr: &str| image.get(attr).and_then(Value::as_str);
 
     if let Some(region) = &opts.region {
         for attr in ["aws:rep:updateregion", "awsregion"] {
-            if let Some(AttributeValue::S(written_in)) = image.get(attr)
+            if let Some(written_in) = string(attr)
                 && written_in != region
             {
-                tracing::debug!(record = %record.event_id, %written_in, "skipping another region's global table write");
+                tracing::debug!(record = %record.event_id(), %written_in, "skipping another region's global table write");
                 return Ok(None);
             }
         }
     }
-    if opts.skip_ttl_expired && record.event_name == "REMOVE" && is_ttl_expiry(record) {
-        tracing::debug!(record = %record.event_id, "skipping TTL expiry");
+    if opts.skip_ttl_expired && record.event_name() == "REMOVE" && record.is_ttl_expiry() {
+        tracing::debug!(record = %record.event_id(), "skipping TTL expiry");
         return Ok(None);
     }
 
-    let pk = change
-        .keys
+    let keys = record.keys();
+    let pk = keys
         .get(&opts.pk)
         .and_then(scalar)
         .ok_or_else(|| format!("missing key attribute `{}` (string or number)", opts.pk))?;
     let entity = [&opts.discriminator, &opts.sk]
         .into_iter()
-        .find_map(
-            |attr| match image.get(attr.as_str()).or(change.keys.get(attr.as_str())) {
-                Some(AttributeValue::S(s)) if !s.is_empty() => Some(s),
-                _ => None,
-            },
-        )
+        .find_map(|attr| {
+            let named = match (image.get(attr.as_str()), keys.get(attr.as_str())) {
+                (Some(v), _) => v.as_str(),
+                (None, Some(AttributeValue::S(s))) => Some(s.as_str()),
+                (None, _) => None,
+            };
+            named.filter(|s| !s.is_empty())
+        })
         .ok_or_else(|| {
             format!(
                 "no `{}` or `{}` attribute to name the event type",
                 opts.discriminator, opts.sk
             )
         })?;
-    let action = match record.event_name.as_str() {
+    let action = match record.event_name() {
         "INSERT" => "created",
-        "MODIFY" => match (is_deleted(old), is_deleted(new)) {
+        "MODIFY" => match (is_deleted(&old), is_deleted(&new)) {
             (false, true) => "deleted",
             (true, false) => "undeleted",
             _ => "updated",
         },
         "REMOVE" => "deleted",
-        other => return Err(format!("unknown eventName `{other}`")),
+        other => return Err(format!("unknown eventName `{}`", truncate(other, 100))),
     };
     let timestamp = match new.get("timestamp") {
-        Some(AttributeValue::N(n)) => n
-            .parse::<f64>()
-            .map(|ms| ms as i64)
-            .map_err(|e| format!("`timestamp` is not a number: {e}"))?,
+        Some(Value::Number(n)) => n.as_f64().map_or(0, |ms| ms as i64),
         // a record without it (a hand-made fixture) would be timed at 1970 and lose every
         // timestamp condition to an older write: better a fault that names what is missing
-        _ => match change.approximate_creation_date_time.timestamp_millis() {
+        _ => match record.approximate_creation_millis() {
             0 => {
                 return Err(
                     "no `timestamp` attribute and no `dynamodb.ApproximateCreationDateTime` to time the event"
@@ -154,79 +162,23 @@ fn decode(record: &EventRecord, opts: &DynamoDbOptions) -> Result<Option<(Event,
             ms => ms,
         },
     };
+    let event_type = format!("{}-{}", entity.to_lowercase(), action);
+    let latched = matches!(new.get("latched"), Some(Value::Bool(true)));
 
     let mut raw = Map::new();
-    for (name, img) in [("new", new), ("old", old)] {
-        if !img.is_empty() {
-            let value = image_json(img)
-                .map_err(|e| format!("{name} image is not convertible to JSON: {e}"))?;
-            raw.insert(name.into(), value);
-        }
+    if !new.is_empty() {
+        raw.insert("new".into(), Value::Object(new));
     }
-    let latched = matches!(new.get("latched"), Some(AttributeValue::Bool(true)));
-
-    let mut event = Event::new(
-        record.event_id.clone(),
-        format!("{}-{}", entity.to_lowercase(), action),
-        timestamp,
-    );
+    if !old.is_empty() {
+        raw.insert("old".into(), Value::Object(old));
+    }
+    let mut event = Event::new(record.event_id().to_owned(), event_type, timestamp);
     event.partition_key = Some(pk);
     event.raw = Some(Value::Object(raw));
     event
         .tags
-        .insert("region".into(), json!(record.aws_region.as_str()));
+        .insert("region".into(), json!(record.aws_region()));
     Ok(Some((event, latched)))
-}
-
-/// An image (or a map in it) as JSON, read where it lies: serde_dynamo's `from_item` gives the
-/// same values but needs its own copy of the image, and the copy and its teardown were a third
-/// of decoding a change.
-fn image_json(map: &HashMap<String, AttributeValue>) -> Result<Value, String> {
-    map.iter()
-        .map(|(k, v)| Ok((k.clone(), json_of(k, v)?)))
-        .collect::<Result<Map<String, Value>, String>>()
-        .map(Value::Object)
-}
-
-/// One attribute as serde_dynamo turns it into JSON: a number as `i64`, else `u64`, else `f64`
-/// (not finite: `null`), sets as arrays, and binary, which JSON has no type for, an error.
-fn json_of(name: &str, v: &AttributeValue) -> Result<Value, String> {
-    Ok(match v {
-        AttributeValue::S(s) => Value::String(s.clone()),
-        AttributeValue::N(n) => number(name, n)?,
-        AttributeValue::Bool(b) => Value::Bool(*b),
-        AttributeValue::Null(_) => Value::Null,
-        AttributeValue::M(m) => image_json(m)?,
-        AttributeValue::L(l) => Value::Array(
-            l.iter()
-                .map(|v| json_of(name, v))
-                .collect::<Result<_, _>>()?,
-        ),
-        AttributeValue::Ss(ss) => Value::Array(ss.iter().cloned().map(Value::String).collect()),
-        AttributeValue::Ns(ns) => Value::Array(
-            ns.iter()
-                .map(|n| number(name, n))
-                .collect::<Result<_, _>>()?,
-        ),
-        AttributeValue::B(_) | AttributeValue::Bs(_) => {
-            return Err(format!(
-                "`{}` is binary, which JSON has no type for",
-                truncate(name, 100)
-            ));
-        }
-    })
-}
-
-fn number(name: &str, n: &str) -> Result<Value, String> {
-    if let Ok(i) = n.parse::<i64>() {
-        return Ok(Value::from(i));
-    }
-    if let Ok(u) = n.parse::<u64>() {
-        return Ok(Value::from(u));
-    }
-    n.parse::<f64>()
-        .map(Value::from)
-        .map_err(|e| format!("`{}` is not a number: {e}", truncate(name, 100)))
 }
 
 fn scalar(v: &AttributeValue) -> Option<String> {
@@ -236,52 +188,6 @@ fn scalar(v: &AttributeValue) -> Option<String> {
     }
 }
 
-fn is_deleted(image: &serde_dynamo::Item) -> bool {
-    matches!(image.get("deleted"), Some(AttributeValue::Bool(true)))
-}
-
-fn is_ttl_expiry(record: &EventRecord) -> bool {
-    record
-        .user_identity
-        .as_ref()
-        .is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn av(v: serde_json::Value) -> AttributeValue {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn an_image_reads_as_serde_dynamo_reads_it() {
-        let image: serde_dynamo::Item = serde_json::from_value(serde_json::json!({
-            "pk": {"S": "thing-1"}, "empty": {"S": ""}, "i": {"N": "-42"}, "u": {"N": "18446744073709551615"},
-            "f": {"N": "1.50"}, "e": {"N": "1e3"}, "big": {"N": "1e400"}, "plus": {"N": "+7"},
-            "t": {"BOOL": true}, "nothing": {"NULL": true},
-            "list": {"L": [{"N": "1"}, {"S": "a"}, {"L": [{"BOOL": false}]}]},
-            "m": {"M": {"deeper": {"M": {"name": {"S": "Lamp \"2\""}}}, "o": {"M": {}}}},
-            "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2.5", "-3"]}
-        }))
-        .unwrap();
-        let expected: Value = serde_dynamo::from_item(image.clone()).unwrap();
-        assert_eq!(image_json(&image).unwrap(), expected);
-    }
-
-    #[test]
-    fn what_json_cannot_hold_is_an_error_naming_the_attribute() {
-        for (name, v) in [
-            ("blob", av(serde_json::json!({"B": "AAEC"}))),
-            ("blobs", av(serde_json::json!({"BS": ["AAEC"]}))),
-            ("n", av(serde_json::json!({"N": "twelve"}))),
-        ] {
-            let image =
-                serde_dynamo::Item::from(std::collections::HashMap::from([(name.to_owned(), v)]));
-            let err = image_json(&image).unwrap_err();
-            assert!(err.contains(&format!("`{name}`")), "{err}");
-            assert!(serde_dynamo::from_item::<_, Value>(image).is_err());
-        }
-    }
+fn is_deleted(image: &Map<String, Value>) -> bool {
+    matches!(image.get("deleted"), Some(Value::Bool(true)))
 }

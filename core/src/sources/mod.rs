@@ -16,6 +16,7 @@
 mod alarm;
 mod cron;
 mod dynamodb;
+mod dynamodb_record;
 mod eventbridge;
 mod firehose;
 mod kind;
@@ -26,7 +27,6 @@ mod sqs;
 
 use std::sync::Arc;
 
-use aws_lambda_events::event::dynamodb::EventRecord as DynamoDbRecord;
 use aws_lambda_events::event::kinesis::KinesisEventRecord;
 use aws_lambda_events::event::s3::S3EventRecord;
 use aws_lambda_events::event::sns::SnsRecord;
@@ -39,6 +39,7 @@ use serde_json::value::RawValue;
 pub use alarm::from_alarm;
 pub use cron::from_cron;
 pub use dynamodb::{DynamoDbOptions, from_dynamodb};
+pub use dynamodb_record::DynamoDbRecord;
 pub use eventbridge::from_eventbridge;
 pub use firehose::{FirehoseRecords, from_firehose};
 pub use kind::{
@@ -80,6 +81,11 @@ pub enum Lenient<R> {
 pub trait Relaxed: DeserializeOwned {
     /// Fills in, where missing, the fields the library does not read.
     fn relax(record: &mut serde_json::Map<String, Value>);
+
+    /// Parses one record from its JSON; on failure the JSON comes back with the error.
+    fn parse(raw: Box<RawValue>) -> Result<Self, (Box<RawValue>, serde_json::Error)> {
+        serde_json::from_str(raw.get()).map_err(|e| (raw, e))
+    }
 }
 
 /// Sets `key` to `value` in `map` when it is missing or null.
@@ -99,12 +105,12 @@ impl Relaxed for KinesisEventRecord {
 }
 
 impl Relaxed for DynamoDbRecord {
-    fn relax(record: &mut serde_json::Map<String, Value>) {
-        // the region only tags the event and tells global-table replicas apart
-        default_field(record, "awsRegion", Value::from(""));
-        if let Some(Value::Object(d)) = record.get_mut("dynamodb") {
-            default_field(d, "SizeBytes", Value::from(0));
-        }
+    // what it does not read is optional already
+    fn relax(_: &mut serde_json::Map<String, Value>) {}
+
+    fn parse(raw: Box<RawValue>) -> Result<Self, (Box<RawValue>, serde_json::Error)> {
+        // keeps the JSON it was parsed from rather than copying it again
+        DynamoDbRecord::from_raw(raw)
     }
 }
 
@@ -135,10 +141,9 @@ const REASON_BYTES: usize = 300;
 
 impl<'de, R: Relaxed> Deserialize<'de> for Lenient<R> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Box::<RawValue>::deserialize(d)?;
-        let first = match serde_json::from_str::<R>(raw.get()) {
+        let (raw, first) = match R::parse(Box::<RawValue>::deserialize(d)?) {
             Ok(r) => return Ok(Lenient::Parsed(r)),
-            Err(e) => e,
+            Err(failed) => failed,
         };
         let mut value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
         let reason = match value.as_object_mut() {
@@ -220,7 +225,32 @@ from_typed_event!(
     aws_lambda_events::event::kinesis::KinesisEvent,
     KinesisEventRecord
 );
-from_typed_event!(aws_lambda_events::event::dynamodb::Event, DynamoDbRecord);
+
+impl From<aws_lambda_events::event::dynamodb::Event> for Records<DynamoDbRecord> {
+    /// Each record through its JSON, as if it had arrived so (the library's record keeps it).
+    fn from(e: aws_lambda_events::event::dynamodb::Event) -> Self {
+        Records {
+            records: e
+                .records
+                .iter()
+                .map(|r| {
+                    let raw = serde_json::value::to_raw_value(r)
+                        .map_err(|e| (Value::Null, e.to_string()))?;
+                    DynamoDbRecord::parse(raw).map_err(|(raw, e)| {
+                        (
+                            serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+                            e.to_string(),
+                        )
+                    })
+                })
+                .map(|parsed| match parsed {
+                    Ok(r) => Lenient::Parsed(r),
+                    Err((raw, reason)) => Lenient::Malformed { raw, reason },
+                })
+                .collect(),
+        }
+    }
+}
 from_typed_event!(aws_lambda_events::event::sqs::SqsEvent, SqsMessage);
 from_typed_event!(aws_lambda_events::event::sns::SnsEvent, SnsRecord);
 from_typed_event!(aws_lambda_events::event::s3::S3Event, S3EventRecord);

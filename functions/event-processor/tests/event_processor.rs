@@ -137,7 +137,7 @@ fn commands(list: &[(&str, u64, &str, Value)]) -> lambda_stream::sources::Dynamo
             }
         })
         .collect();
-    to_dynamodb_records(&changes).into()
+    to_dynamodb_records(&changes)
 }
 
 #[tokio::test]
