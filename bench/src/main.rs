@@ -62,12 +62,13 @@ impl Canned {
     fn answer(request: &HttpRequest) -> Vec<u8> {
         let target = request.headers().get("x-amz-target").unwrap_or_default();
         if target.ends_with("PutEvents") {
+            // counted without parsing, as the peer's handler counts them: outside a string,
+            // a key is unescaped, and parsing every body was a fifteenth of the trigger's time
             let entries = request
                 .body()
                 .bytes()
-                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                .and_then(|v| v["Entries"].as_array().map(Vec::len))
-                .unwrap_or(0);
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map_or(0, |body| body.matches("\"DetailType\":").count());
             let ids: Vec<Value> = (0..entries)
                 .map(|i| json!({"EventId": i.to_string()}))
                 .collect();
