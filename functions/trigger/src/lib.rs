@@ -25,7 +25,6 @@ use lambda_stream::sources::DynamoDbOptions;
 use lambda_stream::{
     AssembledPipeline, ConfigError, Event, Handler, IntoPipeline, Settings, StepError, UnitOfWork,
 };
-use serde::Deserialize;
 use serde_json::Value;
 
 /// Updates of one thing within [`HOT_WINDOW`] that make it hot.
@@ -46,8 +45,7 @@ pub fn to_event(uow: &UnitOfWork, _related: &[Value]) -> Result<Event, StepError
         .ok_or_else(|| {
             StepError::poison_msg(format!("events-table item {} has no `event`", change.id))
         })?;
-    // read where it lies: `from_value` would take a deep copy of the stored event
-    let event = Event::deserialize(stored)?;
+    let event = Event::from_json(stored)?;
     if event.id.is_empty() {
         return Err(StepError::poison_msg(format!(
             "stored event of item {} has no id",
