@@ -474,6 +474,35 @@ mod tests {
     }
 
     #[test]
+    fn a_typed_aws_lambda_events_batch_converts_record_by_record() {
+        let typed: aws_lambda_events::event::dynamodb::Event = serde_json::from_value(json!({
+            "Records": [{"eventID": "e1", "eventName": "MODIFY", "awsRegion": "us-east-1",
+                "dynamodb": {"ApproximateCreationDateTime": 1700000000, "Keys": {"pk": {"S": "a"}},
+                    "NewImage": {"pk": {"S": "a"}, "n": {"N": "3"}, "m": {"M": {"x": {"BOOL": true}}}},
+                    "OldImage": {"pk": {"S": "a"}, "n": {"N": "2"}},
+                    "SequenceNumber": "9", "SizeBytes": 60}}]
+        }))
+        .unwrap();
+        let batch = crate::sources::DynamoDbRecords::from(typed);
+        let crate::sources::Lenient::Parsed(mut record) = batch.records.into_iter().next().unwrap()
+        else {
+            panic!("the typed record did not convert")
+        };
+        assert_eq!(record.event_name(), "MODIFY");
+        assert_eq!(record.sequence_number(), Some("9"));
+        assert_eq!(record.approximate_creation_millis(), 1_700_000_000_000);
+        let (new, old) = record.take_images();
+        assert_eq!(
+            Value::Object(new.unwrap().unwrap()),
+            json!({"pk": "a", "n": 3, "m": {"x": true}})
+        );
+        assert_eq!(
+            Value::Object(old.unwrap().unwrap()),
+            json!({"pk": "a", "n": 2})
+        );
+    }
+
+    #[test]
     fn fields_the_library_does_not_need_may_be_missing() {
         let record: DynamoDbRecord =
             serde_json::from_str(r#"{"eventID":"e","eventName":"INSERT","dynamodb":{}}"#).unwrap();
