@@ -92,19 +92,16 @@ fn decode(
     opts: &DynamoDbOptions,
 ) -> Result<Option<(Event, bool)>, String> {
     let (new, old) = record.take_images();
-    let image_or = |image: Option<Image>, name: &str| -> Result<Map<String, Value>, String> {
-        image
-            .transpose()
-            .map(Option::unwrap_or_default)
-            .map_err(|e| format!("{name} image is not convertible to JSON: {e}"))
-    };
-    let (new, old) = (image_or(new, "new")?, image_or(old, "old")?);
-    let image = if new.is_empty() { &old } else { &new };
-    let string = |attr: &str| image.get(attr).and_then(Value::as_str);
-
+    let (new, old) = (new.unwrap_or_default(), old.unwrap_or_default());
+    // a record skipped is skipped whatever else its image holds
     if let Some(region) = &opts.region {
+        let image = if new.map.is_empty() {
+            &old.map
+        } else {
+            &new.map
+        };
         for attr in ["aws:rep:updateregion", "awsregion"] {
-            if let Some(written_in) = string(attr)
+            if let Some(written_in) = image.get(attr).and_then(Value::as_str)
                 && written_in != region
             {
                 tracing::debug!(record = %record.event_id(), %written_in, "skipping another region's global table write");
@@ -116,6 +113,13 @@ fn decode(
         tracing::debug!(record = %record.event_id(), "skipping TTL expiry");
         return Ok(None);
     }
+    let whole = |image: Image, name: &str| {
+        image
+            .into_result()
+            .map_err(|e| format!("{name} image is not convertible to JSON: {e}"))
+    };
+    let (new, old) = (whole(new, "new")?, whole(old, "old")?);
+    let image = if new.is_empty() { &old } else { &new };
 
     let keys = record.keys();
     let pk = keys
@@ -190,4 +194,50 @@ fn scalar(v: &AttributeValue) -> Option<String> {
 
 fn is_deleted(image: &Map<String, Value>) -> bool {
     matches!(image.get("deleted"), Some(Value::Bool(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(new_image: Value, user_identity: Option<Value>) -> DynamoDbRecords {
+        let mut record = json!({
+            "eventID": "e1", "eventName": "REMOVE", "awsRegion": "eu-west-1",
+            "dynamodb": {"ApproximateCreationDateTime": 1700000000, "Keys": {"pk": {"S": "a"}},
+                "OldImage": new_image, "SequenceNumber": "1", "SizeBytes": 10}
+        });
+        if let Some(identity) = user_identity {
+            record["userIdentity"] = identity;
+        }
+        serde_json::from_value(json!({ "Records": [record] })).unwrap()
+    }
+
+    #[test]
+    fn a_record_skipped_is_skipped_whatever_its_image_holds() {
+        let image = json!({"pk": {"S": "a"}, "sk": {"S": "thing"},
+            "aws:rep:updateregion": {"S": "us-east-1"}, "blob": {"B": "AAEC"}});
+        let opts = DynamoDbOptions {
+            region: Some("eu-west-1".into()),
+            ..DynamoDbOptions::default()
+        };
+        let decoded = from_dynamodb(batch(image.clone(), None), &opts);
+        assert!(decoded.units().is_empty());
+        assert!(decoded.failures().is_empty(), "{:?}", decoded.failures());
+
+        let ttl = json!({"type": "Service", "principalId": "dynamodb.amazonaws.com"});
+        let opts = DynamoDbOptions {
+            skip_ttl_expired: true,
+            ..DynamoDbOptions::default()
+        };
+        let decoded = from_dynamodb(batch(image.clone(), Some(ttl)), &opts);
+        assert!(decoded.units().is_empty());
+        assert!(decoded.failures().is_empty());
+
+        // decoded, the same record is a fault naming the attribute
+        let decoded = from_dynamodb(batch(image, None), &DynamoDbOptions::default());
+        assert!(decoded.units().is_empty());
+        let failures = decoded.failures();
+        assert_eq!(failures.len(), 1);
+        assert!(format!("{:?}", failures[0]).contains("`blob` is binary"));
+    }
 }

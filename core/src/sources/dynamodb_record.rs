@@ -49,9 +49,27 @@ pub struct DynamoDbRecord {
     old_image: Option<Image>,
 }
 
-/// An image as plain JSON, or why it has none: an attribute JSON cannot hold (binary) or a
-/// number that does not parse. The record still parses, so the fault names the record.
-pub(crate) type Image = Result<Map<String, Value>, String>;
+/// An image as plain JSON, and why it is not whole when it is not: an attribute JSON cannot
+/// hold (binary) or a number that does not parse, which the map leaves out. The record still
+/// parses, so a record the source skips (another region's write) is skipped whatever its
+/// image holds, and one it decodes is a fault naming the record.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Image {
+    /// The attributes that convert.
+    pub(crate) map: Map<String, Value>,
+    /// The first that does not, and why.
+    pub(crate) error: Option<String>,
+}
+
+impl Image {
+    /// The whole image, or why it cannot be.
+    pub(crate) fn into_result(self) -> Result<Map<String, Value>, String> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.map),
+        }
+    }
+}
 
 impl DynamoDbRecord {
     /// Parses a record from its JSON, keeping the JSON; on failure, the JSON comes back with
@@ -213,19 +231,18 @@ impl<'de> Visitor<'de> for ImageVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Image, A::Error> {
-        let mut map = Map::new();
-        let mut failed = None;
+        let mut image = Image::default();
         while let Some(name) = access.next_key::<String>()? {
             match access.next_value_seed(Attribute { name: &name })? {
                 Ok(v) => {
-                    map.insert(name, v);
+                    image.map.insert(name, v);
                 }
                 Err(e) => {
-                    failed.get_or_insert(e);
+                    image.error.get_or_insert(e);
                 }
             }
         }
-        Ok(failed.map_or(Ok(map), Err))
+        Ok(image)
     }
 }
 
@@ -286,7 +303,11 @@ impl<'de> Visitor<'de> for Attribute<'_> {
                 access.next_value::<IgnoredAny>()?;
                 Ok(Value::Null)
             }
-            Tag::M => access.next_value::<ImageJson>()?.0.map(Value::Object),
+            Tag::M => access
+                .next_value::<ImageJson>()?
+                .0
+                .into_result()
+                .map(Value::Object),
             Tag::L => access.next_value_seed(List {
                 name,
                 numbers: false,
@@ -389,8 +410,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn image(v: Value) -> Image {
-        serde_json::from_value::<ImageJson>(v).unwrap().0
+    fn image(v: Value) -> Result<Map<String, Value>, String> {
+        serde_json::from_value::<ImageJson>(v)
+            .unwrap()
+            .0
+            .into_result()
     }
 
     #[test]
@@ -409,7 +433,7 @@ mod tests {
         // the same through the text a record arrives as
         let text = serde_json::to_string(&dynamo).unwrap();
         let parsed: ImageJson = serde_json::from_str(&text).unwrap();
-        assert_eq!(Value::Object(parsed.0.unwrap()), expected);
+        assert_eq!(Value::Object(parsed.0.into_result().unwrap()), expected);
     }
 
     #[test]
@@ -468,7 +492,7 @@ mod tests {
         let (new, old) = record.take_images();
         assert!(new.is_none());
         assert_eq!(
-            Value::Object(old.unwrap().unwrap()),
+            Value::Object(old.unwrap().into_result().unwrap()),
             json!({"pk": "a", "n": 2})
         );
     }
@@ -493,11 +517,11 @@ mod tests {
         assert_eq!(record.approximate_creation_millis(), 1_700_000_000_000);
         let (new, old) = record.take_images();
         assert_eq!(
-            Value::Object(new.unwrap().unwrap()),
+            Value::Object(new.unwrap().into_result().unwrap()),
             json!({"pk": "a", "n": 3, "m": {"x": true}})
         );
         assert_eq!(
-            Value::Object(old.unwrap().unwrap()),
+            Value::Object(old.unwrap().into_result().unwrap()),
             json!({"pk": "a", "n": 2})
         );
     }

@@ -82,6 +82,10 @@ pub trait Relaxed: DeserializeOwned {
     /// Fills in, where missing, the fields the library does not read.
     fn relax(record: &mut serde_json::Map<String, Value>);
 
+    /// Whether [`relax`](Relaxed::relax) can change anything; when not, a record that fails to
+    /// parse is not parsed again, and its reason is the first parse's.
+    const RELAXES: bool = true;
+
     /// Parses one record from its JSON; on failure the JSON comes back with the error.
     fn parse(raw: Box<RawValue>) -> Result<Self, (Box<RawValue>, serde_json::Error)> {
         serde_json::from_str(raw.get()).map_err(|e| (raw, e))
@@ -107,6 +111,7 @@ impl Relaxed for KinesisEventRecord {
 impl Relaxed for DynamoDbRecord {
     // what it does not read is optional already
     fn relax(_: &mut serde_json::Map<String, Value>) {}
+    const RELAXES: bool = false;
 
     fn parse(raw: Box<RawValue>) -> Result<Self, (Box<RawValue>, serde_json::Error)> {
         // keeps the JSON it was parsed from rather than copying it again
@@ -130,10 +135,12 @@ impl Relaxed for SqsMessage {
 
 impl Relaxed for SnsRecord {
     fn relax(_: &mut serde_json::Map<String, Value>) {}
+    const RELAXES: bool = false;
 }
 
 impl Relaxed for S3EventRecord {
     fn relax(_: &mut serde_json::Map<String, Value>) {}
+    const RELAXES: bool = false;
 }
 
 /// Reasons quote at most this many bytes (serde's messages can quote a whole bad value).
@@ -146,10 +153,10 @@ impl<'de, R: Relaxed> Deserialize<'de> for Lenient<R> {
             Err(failed) => failed,
         };
         let mut value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
-        let reason = match value.as_object_mut() {
+        let reason = match value.as_object_mut().filter(|_| R::RELAXES) {
             Some(map) => {
                 R::relax(map);
-                match serde_json::from_value::<R>(value.clone()) {
+                match serde_json::from_value::<R>(value) {
                     Ok(r) => return Ok(Lenient::Parsed(r)),
                     Err(e) => e.to_string(),
                 }
@@ -234,13 +241,14 @@ impl From<aws_lambda_events::event::dynamodb::Event> for Records<DynamoDbRecord>
                 .records
                 .iter()
                 .map(|r| {
-                    let raw = serde_json::value::to_raw_value(r)
-                        .map_err(|e| (Value::Null, e.to_string()))?;
+                    let reason = |e: serde_json::Error| {
+                        crate::faults::truncate(&e.to_string(), REASON_BYTES).to_owned()
+                    };
+                    let raw =
+                        serde_json::value::to_raw_value(r).map_err(|e| (Value::Null, reason(e)))?;
                     DynamoDbRecord::parse(raw).map_err(|(raw, e)| {
-                        (
-                            serde_json::from_str(raw.get()).unwrap_or(Value::Null),
-                            e.to_string(),
-                        )
+                        let json = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+                        (json, reason(e))
                     })
                 })
                 .map(|parsed| match parsed {
