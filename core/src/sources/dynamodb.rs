@@ -104,6 +104,7 @@ fn decode(
             if let Some(written_in) = image.get(attr).and_then(Value::as_str)
                 && written_in != region
             {
+                let written_in = truncate(written_in, 100);
                 tracing::debug!(record = %record.event_id(), %written_in, "skipping another region's global table write");
                 return Ok(None);
             }
