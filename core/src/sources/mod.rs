@@ -152,19 +152,20 @@ impl<'de, R: Relaxed> Deserialize<'de> for Lenient<R> {
             Ok(r) => return Ok(Lenient::Parsed(r)),
             Err(failed) => failed,
         };
-        let mut value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
-        let reason = match value.as_object_mut().filter(|_| R::RELAXES) {
-            Some(map) => {
-                R::relax(map);
-                match serde_json::from_value::<R>(value) {
-                    Ok(r) => return Ok(Lenient::Parsed(r)),
-                    Err(e) => e.to_string(),
-                }
+        let as_json = || serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        let reason = if R::RELAXES
+            && let Value::Object(mut map) = as_json()
+        {
+            R::relax(&mut map);
+            match serde_json::from_value::<R>(Value::Object(map)) {
+                Ok(r) => return Ok(Lenient::Parsed(r)),
+                Err(e) => e.to_string(),
             }
-            None => first.to_string(),
+        } else {
+            first.to_string()
         };
         Ok(Lenient::Malformed {
-            raw: serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            raw: as_json(),
             reason: crate::faults::truncate(&reason, REASON_BYTES).to_owned(),
         })
     }
