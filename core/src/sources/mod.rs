@@ -100,11 +100,13 @@ fn default_field(map: &mut serde_json::Map<String, Value>, key: &str, value: Val
 }
 
 impl Relaxed for KinesisEventRecord {
-    fn relax(record: &mut serde_json::Map<String, Value>) {
-        // read only as a fallback time for a record whose data does not decode
-        if let Some(Value::Object(k)) = record.get_mut("kinesis") {
-            default_field(k, "approximateArrivalTimestamp", Value::from(0));
-        }
+    // the arrival time, the one field the derived parse needs and Kinesis may leave out in
+    // others' helpers, defaults to 0 in `parse_record` already
+    fn relax(_: &mut serde_json::Map<String, Value>) {}
+    const RELAXES: bool = false;
+
+    fn parse(raw: Box<RawValue>) -> Result<Self, (Box<RawValue>, serde_json::Error)> {
+        kinesis::parse_record(raw.get()).map_err(|e| (raw, e))
     }
 }
 
