@@ -33,7 +33,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::shared::IntoShared;
 use aws_smithy_types::body::SdkBody;
 use lambda_stream::connectors::{DynamoDb, EventBridge};
-use lambda_stream::sinks::PutRequest;
+use lambda_stream::sinks::EntityPut;
 use lambda_stream::sources::{self, DynamoDbRecords, KinesisRecords};
 use lambda_stream::testing::{MemoryFaults, context};
 use lambda_stream::{Event, Handler, IntoPipeline, Pipeline, Settings, StepError, UnitOfWork};
@@ -196,7 +196,7 @@ fn in_memory_handler(written: &Arc<AtomicUsize>, map_rows: bool) -> Handler {
                     let request = listener::to_put_request(&uow)?;
                     Ok(uow.with(request))
                 })
-                .then(count::<PutRequest>(written))
+                .then(count::<EntityPut>(written))
                 .into_pipeline()
         } else {
             routed.then(count::<()>(written)).into_pipeline()

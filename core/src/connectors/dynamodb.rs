@@ -70,10 +70,20 @@ pub fn put_transact_item(
     value: &Value,
     condition: Option<&Expression>,
 ) -> Result<TransactWriteItem, StepError> {
+    put_transact_attributes(table, item(value)?, condition)
+}
+
+/// A put of an item already in DynamoDB's attribute values (see
+/// [`attributes_of`]) under an optional condition, as an item of a transaction.
+pub fn put_transact_attributes(
+    table: &str,
+    item: HashMap<String, AttributeValue>,
+    condition: Option<&Expression>,
+) -> Result<TransactWriteItem, StepError> {
     let (expression, names, values) = condition_parts(condition);
     let put = Put::builder()
         .table_name(table)
-        .set_item(Some(item(value)?))
+        .set_item(Some(item))
         .set_condition_expression(expression)
         .set_expression_attribute_names(names)
         .set_expression_attribute_values(values)
@@ -124,14 +134,33 @@ pub struct Page {
 
 fn item(v: &Value) -> Result<HashMap<String, AttributeValue>, StepError> {
     match v {
-        Value::Object(map) => Ok(attributes(map)),
+        Value::Object(map) => Ok(attributes_of(map)),
         // not an item: serde_dynamo's error says so
         other => dynamo::to_item(other).map_err(StepError::from),
     }
 }
 
-fn attributes(map: &serde_json::Map<String, Value>) -> HashMap<String, AttributeValue> {
-    map.iter().map(|(k, v)| (k.clone(), attribute(v))).collect()
+/// An item's fields, as JSON, in DynamoDB's attribute values: what
+/// [`DynamoDb::put_attributes`] takes. The values convert as serde_dynamo serializes them.
+///
+/// ```
+/// use lambda_stream::connectors::attributes_of;
+/// use serde_json::{Value, json};
+///
+/// let fields = [("pk".to_owned(), json!("t1")), ("n".to_owned(), json!(2))];
+/// let item = attributes_of(fields.iter().map(|(k, v)| (k, v)));
+/// assert_eq!(item["n"].as_n().unwrap(), "2");
+/// ```
+pub fn attributes_of<'a>(
+    fields: impl IntoIterator<Item = (&'a String, &'a Value)>,
+) -> HashMap<String, AttributeValue> {
+    let fields = fields.into_iter();
+    // sized once for the most fields there can be: a filtered iterator's lower bound is 0, and
+    // growing the map rehashes every key
+    let (least, most) = fields.size_hint();
+    let mut item = HashMap::with_capacity(most.unwrap_or(least));
+    item.extend(fields.map(|(k, v)| (k.clone(), attribute(v))));
+    item
 }
 
 /// A JSON value as DynamoDB stores it, exactly as serde_dynamo serializes it (numbers by
@@ -149,12 +178,12 @@ fn attribute(v: &Value) -> AttributeValue {
         }),
         Value::String(s) => AttributeValue::S(s.clone()),
         Value::Array(items) => AttributeValue::L(items.iter().map(attribute).collect()),
-        Value::Object(map) => AttributeValue::M(attributes(map)),
+        Value::Object(map) => AttributeValue::M(attributes_of(map)),
     }
 }
 
 fn values(e: &Expression) -> Option<HashMap<String, AttributeValue>> {
-    (!e.values.is_empty()).then(|| attributes(&e.values))
+    (!e.values.is_empty()).then(|| attributes_of(&e.values))
 }
 
 fn names(e: &Expression) -> Option<HashMap<String, String>> {
@@ -239,12 +268,23 @@ impl DynamoDb {
         value: &Value,
         condition: Option<&Expression>,
     ) -> Result<Written, StepError> {
+        self.put_attributes(table, item(value)?, condition).await
+    }
+
+    /// Puts an item already in DynamoDB's attribute values (see [`attributes_of`]) into
+    /// `table`, under an optional condition; as [`put`](DynamoDb::put) otherwise.
+    pub async fn put_attributes(
+        &self,
+        table: &str,
+        item: HashMap<String, AttributeValue>,
+        condition: Option<&Expression>,
+    ) -> Result<Written, StepError> {
         let (expression, names, values) = condition_parts(condition);
         let send = self
             .client
             .put_item()
             .table_name(table)
-            .set_item(Some(item(value)?))
+            .set_item(Some(item))
             .set_condition_expression(expression)
             .set_expression_attribute_names(names)
             .set_expression_attribute_values(values)

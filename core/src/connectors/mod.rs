@@ -13,8 +13,8 @@ mod wire;
 
 pub use batching::{BatchApi, BatchLimits, EntryResult, Publishable, publish_all};
 pub use dynamodb::{
-    DynamoDb, Page, PageRequest, QueryRequest, Transacted, UpdateRequest, Written,
-    put_transact_item,
+    DynamoDb, Page, PageRequest, QueryRequest, Transacted, UpdateRequest, Written, attributes_of,
+    put_transact_attributes, put_transact_item,
 };
 pub use eventbridge::{EVENTBRIDGE_LIMITS, EventBridge, EventBridgeFaults};
 pub use kinesis::{KINESIS_LIMITS, Kinesis};

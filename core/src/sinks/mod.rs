@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`Update`] | [`UpdateRequest`](crate::connectors::UpdateRequest) | DynamoDB `UpdateItem` |
 //! | [`Put`] | [`PutRequest`] | DynamoDB `PutItem` |
+//! | [`PutEntity`] | [`EntityPut`] | DynamoDB `PutItem` of a row made from the event's entity |
 //! | [`Publish`] | [`Event`](crate::Event) | EventBridge `PutEvents`, Kinesis `PutRecords`, SQS `SendMessageBatch` |
 //! | [`PublishToSns`] | [`Event`](crate::Event) | SNS `Publish` |
 //! | [`PutObject`] | [`S3Object`] | S3 `PutObject` |
@@ -36,7 +37,7 @@ mod lambda;
 mod publish;
 mod s3;
 
-pub use dynamodb::{NotATable, Put, PutRequest, TableWrite, Update, Write};
+pub use dynamodb::{EntityPut, NotATable, Put, PutEntity, PutRequest, TableWrite, Update, Write};
 pub use lambda::{Invoke, LambdaCall};
 pub use publish::{BatchPublisher, Publish, PublishToSns};
 pub use s3::{PutObject, S3Object};

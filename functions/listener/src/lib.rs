@@ -14,7 +14,7 @@ use lambda_stream::expressions::{ttl, version_condition};
 use lambda_stream::faults::FaultPublisher;
 use lambda_stream::flavors::{Collect, EventStore};
 use lambda_stream::idempotency::Idempotency;
-use lambda_stream::sinks::{Put, PutRequest};
+use lambda_stream::sinks::{EntityPut, PutEntity};
 use lambda_stream::{
     ConfigError, Handler, IntoPipeline, Pipeline, Settings, StepError, UnitOfWork,
 };
@@ -30,8 +30,10 @@ fn modified_by(uow: &UnitOfWork) -> &str {
         .unwrap_or("unknown")
 }
 
-/// The thing's row at the event's version: its whole state, replacing any older version.
-pub fn to_put_request(uow: &UnitOfWork) -> Result<PutRequest, StepError> {
+/// The thing's row at the event's version: its whole state, replacing any older version. The
+/// row is the event's `thing` less its `id` (the key, `pk`) with the view's fields over it,
+/// read from the event when the sink writes it.
+pub fn to_put_request(uow: &UnitOfWork) -> Result<EntityPut, StepError> {
     let event = uow.event();
     let thing = event
         .entity("thing")
@@ -49,23 +51,22 @@ pub fn to_put_request(uow: &UnitOfWork) -> Result<PutRequest, StepError> {
         .and_then(Value::as_u64)
         .filter(|v| *v > 0)
         .ok_or_else(|| StepError::poison_msg(format!("event {} has no version", event.id)))?;
-    let mut row = thing.clone();
-    row.remove("id");
-    row.insert("pk".into(), json!(id));
-    row.insert("sk".into(), json!("thing"));
-    row.insert("discriminator".into(), json!("thing"));
-    row.insert("version".into(), json!(version));
-    row.insert("timestamp".into(), json!(event.timestamp));
-    row.insert("lastModifiedBy".into(), json!(modified_by(uow)));
+    // the row is read from the event as the sink writes it: no copy of the thing is made
+    let mut put = EntityPut::new("thing")
+        .without("id")
+        .with("pk", json!(id))
+        .with("sk", json!("thing"))
+        .with("discriminator", json!("thing"))
+        .with("version", json!(version))
+        .with("timestamp", json!(event.timestamp))
+        .with("lastModifiedBy", json!(modified_by(uow)))
+        .condition(version_condition("version", version));
     if event.event_type == "thing-deleted" {
-        row.insert("deleted".into(), json!(true));
-        row.insert("ttl".into(), json!(ttl(event.timestamp, DELETED_TTL_DAYS)));
+        put = put
+            .with("deleted", json!(true))
+            .with("ttl", json!(ttl(event.timestamp, DELETED_TTL_DAYS)));
     }
-    Ok(PutRequest {
-        table: None,
-        item: Value::Object(row),
-        condition: Some(version_condition("version", version)),
-    })
+    Ok(put)
 }
 
 /// Thing events the listener collects into its event store, for the trigger's complex event
@@ -100,7 +101,7 @@ pub fn handler(
                 let request = to_put_request(&uow)?;
                 Ok(uow.with(request))
             })
-            .pipe(Put::new(db).table(table))
+            .pipe(PutEntity::new(db).table(table))
             .into_pipeline();
         match &guard {
             Some(g) => p.idempotent(g.clone()),

@@ -65,6 +65,8 @@ async fn materializes_the_sample_and_faults_the_poison_record() {
     assert_eq!(row["version"], 2);
     assert_eq!(row["timestamp"], 1_700_000_000_002_i64);
     assert_eq!(row["lastModifiedBy"], "reference");
+    // the thing's id is the key, not a field of the row
+    assert!(row.get("id").is_none(), "{row}");
     let published = faults.published();
     assert_eq!(published.len(), 2, "one per delivery of the poison record");
     assert!(published[0].err.message.contains("thing.id is missing"));
