@@ -128,7 +128,8 @@ impl SourceRecord {
     /// Firehose arrival time, a DynamoDB change time, an SQS send time, an SNS, S3 or
     /// EventBridge event time, the `time` of a direct invocation.
     pub fn arrival_millis(&self) -> Option<i64> {
-        let from_seconds = |s: f64| (s * 1000.0) as i64;
+        // rounded, as the Kinesis source reads its records' times
+        let from_seconds = |s: f64| (s * 1000.0).round() as i64;
         match self {
             SourceRecord::Kinesis(r) => {
                 Some(r.kinesis.approximate_arrival_timestamp.0.timestamp_millis())

@@ -43,31 +43,37 @@ pub fn sequence_number(i: usize) -> String {
 /// A Kinesis event carrying `events` (one record each, sequence numbers ascending).
 pub fn to_kinesis_records(events: &[Event]) -> KinesisEvent {
     let b64 = base64::engine::general_purpose::STANDARD;
-    build(
-        events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let seq = sequence_number(i);
-                json!({
-                    "eventSource": "aws:kinesis",
-                    "eventVersion": "1.0",
-                    "eventID": format!("shardId-000000000000:{seq}"),
-                    "eventName": "aws:kinesis:record",
-                    "invokeIdentityArn": format!("arn:aws:iam::{ACCOUNT}:role/lambda-role"),
-                    "awsRegion": REGION,
-                    "eventSourceARN": format!("arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/events"),
-                    "kinesis": {
-                        "kinesisSchemaVersion": "1.0",
-                        "partitionKey": e.partition_key.clone().unwrap_or_else(|| e.id.clone()),
-                        "sequenceNumber": seq,
-                        "data": b64.encode(to_json(e)),
-                        "approximateArrivalTimestamp": 1_700_000_000.0 + i as f64 / 1000.0,
-                    }
-                })
+    let records = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let seq = sequence_number(i);
+            json!({
+                "eventSource": "aws:kinesis",
+                "eventVersion": "1.0",
+                "eventID": format!("shardId-000000000000:{seq}"),
+                "eventName": "aws:kinesis:record",
+                "invokeIdentityArn": format!("arn:aws:iam::{ACCOUNT}:role/lambda-role"),
+                "awsRegion": REGION,
+                "eventSourceARN": format!("arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/events"),
+                "kinesis": {
+                    "kinesisSchemaVersion": "1.0",
+                    "partitionKey": e.partition_key.clone().unwrap_or_else(|| e.id.clone()),
+                    "sequenceNumber": seq,
+                    "data": b64.encode(to_json(e)),
+                    "approximateArrivalTimestamp": 1_700_000_000.0 + i as f64 / 1000.0,
+                }
             })
-            .collect(),
-    )
+        })
+        .map(|record| {
+            // as the Kinesis source parses a record (its times to the millisecond)
+            crate::sources::parse_kinesis_record(&record.to_string())
+                .unwrap_or_else(|e| panic!("test helper built an invalid Kinesis record: {e}"))
+        })
+        .collect();
+    let mut event = KinesisEvent::default();
+    event.records = records;
+    event
 }
 
 /// One change of a DynamoDB item, for [`to_dynamodb_records`]. Images are plain JSON.

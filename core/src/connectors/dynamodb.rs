@@ -155,10 +155,10 @@ pub fn attributes_of<'a>(
     fields: impl IntoIterator<Item = (&'a String, &'a Value)>,
 ) -> HashMap<String, AttributeValue> {
     let fields = fields.into_iter();
-    // sized once for the most fields there can be: a filtered iterator's lower bound is 0, and
-    // growing the map rehashes every key
+    // sized once for the most fields there can be (a filtered iterator's lower bound is 0, and
+    // growing the map rehashes every key), within reason: an iterator may claim any bound
     let (least, most) = fields.size_hint();
-    let mut item = HashMap::with_capacity(most.unwrap_or(least));
+    let mut item = HashMap::with_capacity(most.unwrap_or(least).min(least.max(256)));
     item.extend(fields.map(|(k, v)| (k.clone(), attribute(v))));
     item
 }

@@ -61,12 +61,16 @@ pub fn from_kinesis(batch: impl Into<KinesisRecords>) -> Decoded {
 /// read as a number (or a numeric string) and the data decoded from the JSON text in place.
 ///
 /// The time keeps its milliseconds: `1545084650.98` is 980 ms past the second, where the
-/// derived parse reads the digits after the point as milliseconds (98 ms) and fails a time
-/// with more than three of them. A missing time is 0 (the arrival time is read only as a
-/// fallback for an event's own `timestamp`). Anything else is as the derived parse has it: the
-/// same fields, defaults and errors, unknown fields ignored.
-pub(super) fn parse_record(json: &str) -> Result<KinesisEventRecord, serde_json::Error> {
-    let wire: wire::Record = serde_json::from_str(json)?;
+/// derived parse reads the digits after the point as a count of milliseconds (98 ms; `.0004`
+/// as 4 ms) and fails when they come to 2,000 or more (`.9876`). A missing or null time is 0
+/// (the arrival time is read only as a fallback for an event's own `timestamp`). Anything else
+/// is as the derived parse has it: the same fields, defaults and errors, unknown fields
+/// ignored.
+///
+/// Every field of `aws_lambda_events` 1.2's record is copied: a field a later release adds
+/// must be added here (the type is `non_exhaustive`, so the compiler will not say so).
+pub(crate) fn parse_record(json: &str) -> Result<KinesisEventRecord, serde_json::Error> {
+    let wire: wire::KinesisEventRecord = serde_json::from_str(json)?;
     let mut record = KinesisEventRecord::default();
     record.aws_region = wire.aws_region;
     record.event_id = wire.event_id;
@@ -95,9 +99,10 @@ mod wire {
     use serde::Deserialize;
     use serde::de::{self, Deserializer, Visitor};
 
+    // named as `aws_lambda_events` names its types: serde's errors quote the struct's name
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
-    pub(super) struct Record {
+    pub(super) struct KinesisEventRecord {
         #[serde(default)]
         pub aws_region: Option<String>,
         #[serde(default, rename = "eventID")]
@@ -112,12 +117,12 @@ mod wire {
         pub event_version: Option<String>,
         #[serde(default)]
         pub invoke_identity_arn: Option<String>,
-        pub kinesis: Data,
+        pub kinesis: KinesisRecord,
     }
 
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
-    pub(super) struct Data {
+    pub(super) struct KinesisRecord {
         #[serde(default, deserialize_with = "seconds")]
         pub approximate_arrival_timestamp: DateTime<Utc>,
         #[serde(deserialize_with = "base64")]
@@ -166,6 +171,10 @@ mod wire {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
                 v.parse().map_err(E::custom)
+            }
+            // null is no time, as a missing one is
+            fn visit_unit<E: de::Error>(self) -> Result<f64, E> {
+                Ok(0.0)
             }
         }
         let seconds = d.deserialize_any(Seconds)?;
@@ -252,6 +261,8 @@ mod tests {
             r#"{"kinesis":{"data":7,"approximateArrivalTimestamp":1}}"#,
             r#"{"kinesis":{"data":"","partitionKey":null,"approximateArrivalTimestamp":1}}"#,
             r#"[1]"#,
+            r#"{"kinesis":5}"#,
+            r#""x""#,
         ] {
             let ours = parse_record(json).unwrap_err().to_string();
             let theirs = derived(json).unwrap_err().to_string();

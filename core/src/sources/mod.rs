@@ -47,6 +47,8 @@ pub use kind::{
     SqsSnsS3,
 };
 pub use kinesis::from_kinesis;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use kinesis::parse_record as parse_kinesis_record;
 pub use s3::from_s3;
 pub use sns::from_sns;
 pub use sqs::{from_sqs, from_sqs_sns_s3};
