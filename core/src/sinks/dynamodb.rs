@@ -42,8 +42,13 @@ pub trait TableWrite: std::fmt::Debug + Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Written, StepError>> + Send;
     /// The request as an item of a transaction, to `table` unless it names one.
     fn transact_item(&self, event: &Event, table: &str) -> Result<TransactWriteItem, StepError>;
+    /// The request's condition, if any.
+    fn condition(&self) -> Option<&Expression>;
     /// True when a failed condition means a newer version is stored (a success).
-    fn stale_on_condition_failure(&self) -> bool;
+    fn stale_on_condition_failure(&self) -> bool {
+        self.condition()
+            .is_some_and(|c| c.stale_on_condition_failure)
+    }
 }
 
 /// Writes each unit's request (a [`TableWrite`]); the state becomes what the write did
@@ -279,8 +284,8 @@ impl TableWrite for UpdateRequest {
         self.to_transact_item(table)
     }
 
-    fn stale_on_condition_failure(&self) -> bool {
-        self.expression.stale_on_condition_failure
+    fn condition(&self) -> Option<&Expression> {
+        Some(&self.expression)
     }
 }
 
@@ -305,10 +310,8 @@ impl TableWrite for PutRequest {
         )
     }
 
-    fn stale_on_condition_failure(&self) -> bool {
-        self.condition
-            .as_ref()
-            .is_some_and(|c| c.stale_on_condition_failure)
+    fn condition(&self) -> Option<&Expression> {
+        self.condition.as_ref()
     }
 }
 
@@ -437,10 +440,8 @@ impl TableWrite for EntityPut {
         )
     }
 
-    fn stale_on_condition_failure(&self) -> bool {
-        self.condition
-            .as_ref()
-            .is_some_and(|c| c.stale_on_condition_failure)
+    fn condition(&self) -> Option<&Expression> {
+        self.condition.as_ref()
     }
 }
 
