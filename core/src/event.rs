@@ -176,7 +176,7 @@ impl Event {
 
 /// Accepts integer or floating epoch milliseconds (Node's `Date.now()` is an integer, but some
 /// producers send floats).
-struct EpochMillis(i64);
+pub(crate) struct EpochMillis(pub(crate) i64);
 
 impl<'de> Deserialize<'de> for EpochMillis {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

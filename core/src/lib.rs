@@ -62,6 +62,7 @@ pub mod traces;
 mod delivery;
 mod error;
 mod event;
+mod event_ref;
 mod handler;
 mod lambda;
 mod outcome;
@@ -80,6 +81,7 @@ pub struct ReadmeDoctests;
 
 pub use error::{BatchError, DecodeError, ErrorClass, StepError};
 pub use event::{ErrorInfo, Event, FAULT_EVENT_TYPE, FaultEvent, FaultRecord, FaultUow, Trimmed};
+pub use event_ref::EventRef;
 pub use handler::{ConfigError, Handler, HandlerBuilder, Invocation};
 pub use lambda::run;
 pub use outcome::{Outcome, Transformed};

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use lambda_stream::connectors::{DynamoDb, EventBridge, QueryRequest, UpdateRequest};
 use lambda_stream::expressions::{Expression, update_expression};
-use lambda_stream::flavors::{Cdc, Materialize};
+use lambda_stream::flavors::{Cdc, CdcStored, Materialize};
+use lambda_stream::sinks::PublishInPlace;
 use lambda_stream::sources;
 use lambda_stream::testing::*;
-use lambda_stream::{Event, Handler, StepError, UnitOfWork, aws};
+use lambda_stream::{Event, Handler, IntoPipeline, Pipeline, Settings, StepError, UnitOfWork, aws};
 use serde_json::{Value, json};
 
 fn to_update_request(uow: &UnitOfWork) -> Result<UpdateRequest, StepError> {
@@ -210,4 +211,146 @@ async fn cdc_publishes_exactly_one_event_per_change_and_skips_latched_rows() {
     assert_eq!(updated["detail"]["thing"]["name"], "renamed");
     assert_eq!(updated["detail"]["related"], 1);
     assert_eq!(updated["detail"]["tags"]["pipeline"], "thing-events");
+}
+
+/// An events-table item as the event processor appends it: `event` is the domain event.
+fn appended(seq: usize, event: Value) -> Value {
+    json!({"pk": format!("s{}", seq % 3), "sk": seq, "discriminator": "event", "event": event})
+}
+
+fn stored(seq: usize) -> Value {
+    json!({"id": format!("e{seq}"), "type": "thing-updated", "timestamp": 1_000 + seq,
+        "partitionKey": format!("t{}", seq % 3), "tags": {"source": "origin"},
+        "thing": {"id": format!("t{}", seq % 3), "n": seq}})
+}
+
+fn in_place(uow: &UnitOfWork) -> Option<&Value> {
+    uow.event().raw.as_ref()?.get("new")?.get("event")
+}
+
+/// 24 appended events over three keys, with changes holding no event, an event without an
+/// id and an event of a malformed type among them (and, for the flavor, a latched row).
+fn appended_batch(latched: bool) -> (Vec<Change>, Vec<usize>) {
+    let mut changes = Vec::new();
+    let mut bad = Vec::new();
+    for seq in 0..24 {
+        let item = match seq {
+            3 => json!({"pk": "s0", "sk": seq, "discriminator": "event"}),
+            7 => appended(seq, json!({"id": "", "type": "thing-updated"})),
+            10 => appended(seq, json!({"id": "e10", "type": 5})),
+            _ => appended(seq, stored(seq)),
+        };
+        if matches!(seq, 3 | 7 | 10) {
+            bad.push(seq);
+        }
+        changes.push(Change::insert(item));
+    }
+    if latched {
+        let mut item = appended(24, stored(24));
+        item["latched"] = json!(true);
+        changes.push(Change::insert(item));
+    }
+    (changes, bad)
+}
+
+async fn publish_and_check(rule: lambda_stream::AssembledPipeline, queue: &str, latched: bool) {
+    let faults = std::sync::Arc::new(MemoryFaults::default());
+    let settings = Settings {
+        stage: Some("test".into()),
+        ..Settings::default()
+    };
+    let handler = Handler::builder(faults.clone())
+        .settings(&settings)
+        .dynamodb_options(lambda_stream::sources::DynamoDbOptions {
+            region: None,
+            ..Default::default()
+        })
+        .pipelines([rule])
+        .build()
+        .unwrap();
+    let (changes, bad) = appended_batch(latched);
+    let response = handler
+        .handle::<sources::DynamoDb>(
+            to_dynamodb_records(&changes),
+            &context(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+
+    let delivered = drain_queue(queue).await;
+    let mut published: Vec<(String, Value)> = delivered
+        .iter()
+        .map(|m| {
+            (
+                m["detail"]["id"].as_str().unwrap().to_owned(),
+                m["detail"].clone(),
+            )
+        })
+        .collect();
+    published.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut expected: Vec<usize> = (0..24).filter(|s| !bad.contains(s)).collect();
+    expected.sort_by_key(|s| format!("e{s}"));
+    assert_eq!(
+        published.len(),
+        expected.len(),
+        "each good event once, the bad never"
+    );
+    for ((id, detail), seq) in published.iter().zip(&expected) {
+        assert_eq!(id, &format!("e{seq}"));
+        assert_eq!(detail["thing"]["n"], *seq, "the event's own data");
+        assert_eq!(detail["timestamp"], 1_000 + seq);
+        assert_eq!(detail["partitionKey"], format!("t{}", seq % 3));
+        assert_eq!(detail["tags"]["source"], "origin", "its own tags are kept");
+        assert_eq!(
+            detail["tags"]["stage"], "test",
+            "the standard tags are laid over"
+        );
+        assert_eq!(detail["tags"]["pipeline"], "stored-events");
+    }
+    let faults = faults.published();
+    let mut faulted: Vec<(String, String)> = faults
+        .iter()
+        .map(|f| {
+            (
+                f.uow.records()[0]["eventID"].as_str().unwrap().to_owned(),
+                f.err.message.clone(),
+            )
+        })
+        .collect();
+    faulted.sort();
+    assert_eq!(faulted.len(), 3, "{faulted:?}");
+    assert_eq!(faulted[0].0, "ddb-10");
+    assert!(faulted[0].1.contains("invalid type"), "{}", faulted[0].1);
+    assert_eq!(faulted[1].0, "ddb-3");
+    assert!(faulted[1].1.contains("holds no event to publish"));
+    assert_eq!(faulted[2].0, "ddb-7");
+    assert!(faulted[2].1.contains("has no id"));
+}
+
+#[tokio::test]
+async fn cdc_stored_publishes_each_appended_event_where_it_lies_and_faults_the_rest() {
+    let (bus, queue) = bus_to_queue("cdc-stored", json!({"source": ["custom"]})).await;
+    let rule = CdcStored::new(
+        "stored-events",
+        "event-created",
+        in_place,
+        EventBridge::new(aws::eventbridge().await.clone(), &bus),
+    )
+    .into_pipeline();
+    publish_and_check(rule, &queue, true).await;
+}
+
+#[tokio::test]
+async fn publish_in_place_answers_each_unit_in_order_with_bad_ones_among_them() {
+    let (bus, queue) = bus_to_queue("in-place", json!({"source": ["custom"]})).await;
+    // the sink alone: the bad changes reach it between good ones
+    let rule = Pipeline::new("stored-events")
+        .on_event_type("event-created")
+        .pipe(PublishInPlace::new(
+            EventBridge::new(aws::eventbridge().await.clone(), &bus),
+            std::sync::Arc::new(in_place),
+        ))
+        .into_pipeline();
+    publish_and_check(rule, &queue, false).await;
 }

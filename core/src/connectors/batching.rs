@@ -47,6 +47,18 @@ macro_rules! publishable {
 }
 publishable!(Event, FaultEvent);
 
+impl Publishable for crate::EventRef<'_> {
+    fn id(&self) -> &str {
+        crate::EventRef::id(self)
+    }
+    fn event_type(&self) -> &str {
+        crate::EventRef::event_type(self)
+    }
+    fn partition_key(&self) -> Option<&str> {
+        crate::EventRef::partition_key(self)
+    }
+}
+
 impl<P: Publishable> Publishable for &P {
     fn id(&self) -> &str {
         (**self).id()

@@ -6,7 +6,7 @@ use crate::connectors::{DynamoDb, EventBridge, Kinesis, QueryRequest};
 use crate::error::StepError;
 use crate::event::Event;
 use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline, Step};
-use crate::sinks::Publish;
+use crate::sinks::{Locate, Publish, PublishInPlace, stored_event};
 use crate::uow::UnitOfWork;
 
 type Query = Arc<dyn Fn(&UnitOfWork) -> Option<QueryRequest> + Send + Sync>;
@@ -149,5 +149,76 @@ where
                 Ok(uow.with(event))
             });
         events.pipe(self.target).into_pipeline()
+    }
+}
+
+/// Change data capture of appended events (the event-sourcing trigger): each change holds the
+/// event to publish (`locate` finds it, e.g. the `event` of the new image), and it is published
+/// where it lies, with the standard tags laid over its own ([`PublishInPlace`]), rather than
+/// copied into an [`Event`] by a [`Cdc`] mapping and dropped after. Latched rows are skipped;
+/// a change holding no publishable event is poison.
+///
+/// ```
+/// use lambda_stream::flavors::CdcStored;
+/// # async fn rules(bus: lambda_stream::connectors::EventBridge) {
+/// let rule = CdcStored::new(
+///     "publish-events",
+///     "event-created",
+///     |uow| uow.event().raw.as_ref()?.get("new")?.get("event"),
+///     bus,
+/// );
+/// # }
+/// ```
+pub struct CdcStored {
+    id: String,
+    event_type: EventType,
+    locate: Locate,
+    target: Target,
+    when: Vec<Filter>,
+}
+
+impl CdcStored {
+    /// A rule publishing the event `locate` finds in each change to `target`.
+    pub fn new(
+        id: impl Into<String>,
+        event_type: impl Into<EventType>,
+        locate: impl Fn(&UnitOfWork) -> Option<&Value> + Send + Sync + 'static,
+        target: impl Into<Target>,
+    ) -> Self {
+        CdcStored {
+            id: id.into(),
+            event_type: event_type.into(),
+            locate: Arc::new(locate),
+            target: target.into(),
+            when: Vec::new(),
+        }
+    }
+
+    /// Only the changes `filter` accepts (see [`Cdc::when`]).
+    pub fn when(mut self, filter: impl Fn(&UnitOfWork) -> bool + Send + Sync + 'static) -> Self {
+        self.when.push(Arc::new(filter));
+        self
+    }
+}
+
+impl IntoPipeline for CdcStored {
+    fn into_pipeline(self) -> AssembledPipeline {
+        let mut rule = Pipeline::new(self.id)
+            .on_event_type(self.event_type)
+            .on(|uow| !uow.is_latched());
+        for filter in self.when {
+            rule = rule.on(move |uow| filter(uow));
+        }
+        // a change with nothing to publish is poison on its own, before any batch is formed
+        let locate = Arc::clone(&self.locate);
+        let checked = rule.map(move |uow: UnitOfWork| {
+            stored_event(&*locate, &uow)?;
+            Ok(uow)
+        });
+        match self.target {
+            Target::EventBridge(bus) => checked.pipe(PublishInPlace::new(bus, self.locate)),
+            Target::Kinesis(stream) => checked.pipe(PublishInPlace::new(stream, self.locate)),
+        }
+        .into_pipeline()
     }
 }

@@ -15,7 +15,7 @@ mod send_messages;
 mod store;
 mod update;
 
-pub use cdc::{Cdc, Target};
+pub use cdc::{Cdc, CdcStored, Target};
 pub use circuit_breaker::{ALARM_STATE_CHANGE, CircuitBreakerRule, SCHEDULED_EVENT};
 pub use collect::Collect;
 pub use correlate::{Correlate, LATEST};

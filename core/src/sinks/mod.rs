@@ -39,7 +39,7 @@ mod s3;
 
 pub use dynamodb::{EntityPut, NotATable, Put, PutEntity, PutRequest, TableWrite, Update, Write};
 pub use lambda::{Invoke, LambdaCall};
-pub use publish::{BatchPublisher, Publish, PublishToSns};
+pub use publish::{BatchPublisher, Locate, Publish, PublishInPlace, PublishToSns, stored_event};
 pub use s3::{PutObject, S3Object};
 
 use crate::pipeline::Pipeline;

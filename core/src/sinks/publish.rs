@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::connectors::{EventBridge, Kinesis, Sns, Sqs};
+use crate::connectors::{EventBridge, Kinesis, Publishable, Sns, Sqs};
+use serde_json::Value;
+
 use crate::error::StepError;
 use crate::event::Event;
+use crate::event_ref::EventRef;
 use crate::pipeline::{Pipeline, Step};
 use crate::settings::Settings;
 use crate::uow::UnitOfWork;
@@ -14,43 +17,43 @@ use crate::uow::UnitOfWork;
 /// A batch API that publishes events and answers per event: EventBridge, Kinesis, SQS.
 pub trait BatchPublisher: Clone + Send + Sync + 'static {
     /// Publishes `events`, one result per event, in order.
-    fn publish_all<'a>(
+    fn publish_all<'a, E: Publishable + Sync>(
         &'a self,
-        events: &'a [&'a Event],
+        events: &'a [E],
     ) -> BoxFuture<'a, Vec<Result<(), StepError>>>;
 }
 
 impl BatchPublisher for EventBridge {
-    fn publish_all<'a>(
+    fn publish_all<'a, E: Publishable + Sync>(
         &'a self,
-        events: &'a [&'a Event],
+        events: &'a [E],
     ) -> BoxFuture<'a, Vec<Result<(), StepError>>> {
         Box::pin(self.put_events(events))
     }
 }
 
 impl BatchPublisher for Kinesis {
-    fn publish_all<'a>(
+    fn publish_all<'a, E: Publishable + Sync>(
         &'a self,
-        events: &'a [&'a Event],
+        events: &'a [E],
     ) -> BoxFuture<'a, Vec<Result<(), StepError>>> {
         Box::pin(self.put_records(events))
     }
 }
 
 impl BatchPublisher for Sqs {
-    fn publish_all<'a>(
+    fn publish_all<'a, E: Publishable + Sync>(
         &'a self,
-        events: &'a [&'a Event],
+        events: &'a [E],
     ) -> BoxFuture<'a, Vec<Result<(), StepError>>> {
         Box::pin(self.send_message_batch(events))
     }
 }
 
 impl BatchPublisher for Sns {
-    fn publish_all<'a>(
+    fn publish_all<'a, E: Publishable + Sync>(
         &'a self,
-        events: &'a [&'a Event],
+        events: &'a [E],
     ) -> BoxFuture<'a, Vec<Result<(), StepError>>> {
         Box::pin(self.publish_batch(events))
     }
@@ -85,6 +88,114 @@ impl<P: BatchPublisher> Step<UnitOfWork<Event>> for Publish<P> {
                         .into_iter()
                         .zip(results)
                         .map(|(uow, r)| r.map(|()| uow.with(())))
+                        .collect::<Vec<Result<UnitOfWork<()>, StepError>>>()
+                }
+            }
+        })
+    }
+}
+
+/// Where a unit's change holds the event to publish (e.g. the stored `event` of a new image).
+pub type Locate = Arc<dyn Fn(&UnitOfWork) -> Option<&Value> + Send + Sync>;
+
+/// The event `locate` finds in `uow`'s change, read in place; a change without one, or whose
+/// event is malformed or has no id, is poison.
+pub fn stored_event<'u>(
+    locate: &(dyn Fn(&UnitOfWork) -> Option<&Value> + Send + Sync),
+    uow: &'u UnitOfWork,
+) -> Result<EventRef<'u>, StepError> {
+    let change = uow.event();
+    let json = locate(uow).ok_or_else(|| {
+        StepError::poison_msg(format!(
+            "change {} holds no event to publish",
+            crate::faults::truncate(&change.id, 128)
+        ))
+    })?;
+    let event = EventRef::from_json(json)?;
+    if event.id().is_empty() {
+        return Err(StepError::poison_msg(format!(
+            "the event in change {} has no id",
+            crate::faults::truncate(&change.id, 128)
+        )));
+    }
+    Ok(event)
+}
+
+/// Publishes, through a batch API, the event each unit's change holds, read where it lies
+/// ([`EventRef`]) rather than copied into an [`Event`] first, with the standard tags laid over
+/// its own: the event-sourcing trigger's case, where the change is the appended event. Limits,
+/// retries and outcomes as [`Publish`]; a unit whose change holds no publishable event (see
+/// [`stored_event`]) is poison.
+///
+/// ```
+/// use std::sync::Arc;
+/// use lambda_stream::sinks::PublishInPlace;
+/// # async fn rule(bus: lambda_stream::connectors::EventBridge) {
+/// let sink = PublishInPlace::new(
+///     bus,
+///     Arc::new(|uow| uow.event().raw.as_ref()?.get("new")?.get("event")),
+/// );
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PublishInPlace<P> {
+    publisher: P,
+    locate: Locate,
+}
+
+impl<P> PublishInPlace<P> {
+    /// Publishes through `publisher` the event `locate` finds in each unit's change.
+    pub fn new(publisher: P, locate: Locate) -> Self {
+        PublishInPlace { publisher, locate }
+    }
+}
+
+impl<P: std::fmt::Debug> std::fmt::Debug for PublishInPlace<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PublishInPlace")
+            .field(&self.publisher)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: BatchPublisher> Step<UnitOfWork> for PublishInPlace<P> {
+    type Output = UnitOfWork<()>;
+
+    fn attach(self, pipeline: Pipeline<UnitOfWork>) -> Pipeline<UnitOfWork<()>> {
+        let (publisher, locate, id): (P, Locate, Arc<str>) =
+            (self.publisher, self.locate, Arc::from(pipeline.id()));
+        pipeline.then_all_with_settings(Settings::publish_parallel, move |settings| {
+            let (publisher, locate, id) = (publisher.clone(), Arc::clone(&locate), Arc::clone(&id));
+            let standard = Arc::new(settings.standard_tags());
+            move |units: Vec<UnitOfWork>| {
+                let (publisher, locate, id, standard) = (
+                    publisher.clone(),
+                    Arc::clone(&locate),
+                    Arc::clone(&id),
+                    Arc::clone(&standard),
+                );
+                async move {
+                    let mut events = Vec::with_capacity(units.len());
+                    let mut unpublishable = Vec::new();
+                    for (i, uow) in units.iter().enumerate() {
+                        match stored_event(&*locate, uow) {
+                            Ok(event) => events.push(event.with_standard_tags(&standard, &id)),
+                            Err(e) => unpublishable.push((i, e)),
+                        }
+                    }
+                    let mut published = publisher.publish_all(&events).await.into_iter();
+                    drop(events);
+                    let mut unpublishable = unpublishable.into_iter().peekable();
+                    units
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, uow)| match unpublishable.next_if(|(j, _)| *j == i) {
+                            Some((_, e)) => Err(e),
+                            None => match published.next() {
+                                Some(r) => r.map(|()| uow),
+                                None => Err(StepError::poison_msg("no answer for the event")),
+                            },
+                        })
                         .collect::<Vec<Result<UnitOfWork<()>, StepError>>>()
                 }
             }

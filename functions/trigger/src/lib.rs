@@ -18,13 +18,11 @@ use std::time::Duration;
 use lambda_stream::connectors::{DynamoDb, EventBridge, EventBridgeFaults, S3};
 use lambda_stream::faults::FaultPublisher;
 use lambda_stream::flavors::{
-    Cdc, Correlate, Evaluate, EventStore, Expire, Expired, PublishEmitted, count_within,
+    CdcStored, Correlate, Evaluate, EventStore, Expire, Expired, PublishEmitted, count_within,
     is_store_item,
 };
 use lambda_stream::sources::DynamoDbOptions;
-use lambda_stream::{
-    AssembledPipeline, ConfigError, Event, Handler, IntoPipeline, Settings, StepError, UnitOfWork,
-};
+use lambda_stream::{AssembledPipeline, ConfigError, Handler, IntoPipeline, Settings, UnitOfWork};
 use serde_json::Value;
 
 /// Updates of one thing within [`HOT_WINDOW`] that make it hot.
@@ -34,25 +32,10 @@ pub const HOT_WINDOW: Duration = Duration::from_secs(60);
 /// How long `thing-stale` waits by default: seven days without an event of the thing.
 pub const STALE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The domain event stored in an appended events-table item.
-pub fn to_event(uow: &UnitOfWork, _related: &[Value]) -> Result<Event, StepError> {
-    let change = uow.event();
-    let stored = change
-        .raw
-        .as_ref()
-        .and_then(|raw| raw.get("new"))
-        .and_then(|new| new.get("event"))
-        .ok_or_else(|| {
-            StepError::poison_msg(format!("events-table item {} has no `event`", change.id))
-        })?;
-    let event = Event::from_json(stored)?;
-    if event.id.is_empty() {
-        return Err(StepError::poison_msg(format!(
-            "stored event of item {} has no id",
-            change.id
-        )));
-    }
-    Ok(event)
+/// Where an appended events-table item's change holds its domain event: the new image's
+/// `event`, published where it lies (a missing one makes the change poison).
+pub fn appended_event(uow: &UnitOfWork) -> Option<&Value> {
+    uow.event().raw.as_ref()?.get("new")?.get("event")
 }
 
 /// The rules over the listener's event store: correlate, evaluate, publish the matches and
@@ -101,9 +84,14 @@ pub fn handler(
     faults: impl FaultPublisher + 'static,
     store: Option<(EventStore, Duration)>,
 ) -> Result<Handler, ConfigError> {
-    let publish = Cdc::new("publish-events", "event-created", to_event, bus.clone())
-        // the store's collected events decode as `event-created` too
-        .when(|uow| !is_store_item(uow));
+    let publish = CdcStored::new(
+        "publish-events",
+        "event-created",
+        appended_event,
+        bus.clone(),
+    )
+    // the store's collected events decode as `event-created` too
+    .when(|uow| !is_store_item(uow));
     let mut builder = Handler::builder(faults)
         .settings(settings)
         .dynamodb_options(DynamoDbOptions {

@@ -51,5 +51,10 @@ async fn publishes_each_appended_event_once_and_faults_an_item_without_one() {
 
     let published = faults.published();
     assert_eq!(published.len(), 1);
-    assert!(published[0].err.message.contains("has no `event`"));
+    assert!(
+        published[0]
+            .err
+            .message
+            .contains("holds no event to publish")
+    );
 }
