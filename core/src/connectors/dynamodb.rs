@@ -151,15 +151,15 @@ fn item(v: &Value) -> Result<HashMap<String, AttributeValue>, StepError> {
 /// let item = attributes_of(fields.iter().map(|(k, v)| (k, v)));
 /// assert_eq!(item["n"].as_n().unwrap(), "2");
 /// ```
-pub fn attributes_of<'a>(
-    fields: impl IntoIterator<Item = (&'a String, &'a Value)>,
+pub fn attributes_of<'a, K: AsRef<str>>(
+    fields: impl IntoIterator<Item = (K, &'a Value)>,
 ) -> HashMap<String, AttributeValue> {
     let fields = fields.into_iter();
     // sized once for the most fields there can be (a filtered iterator's lower bound is 0, and
     // growing the map rehashes every key), within reason: an iterator may claim any bound
     let (least, most) = fields.size_hint();
     let mut item = HashMap::with_capacity(most.unwrap_or(least).min(least.max(256)));
-    item.extend(fields.map(|(k, v)| (k.clone(), attribute(v))));
+    item.extend(fields.map(|(k, v)| (k.as_ref().to_owned(), attribute(v))));
     item
 }
 

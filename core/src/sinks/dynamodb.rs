@@ -352,8 +352,9 @@ pub struct EntityPut {
     pub entity: Cow<'static, str>,
     /// The entity's fields left out of the row.
     pub without: Vec<Cow<'static, str>>,
-    /// Fields laid over the entity's (they win where both have one).
-    pub with: serde_json::Map<String, Value>,
+    /// Fields laid over the entity's (they win where both have one), each name once. Names
+    /// are usually literals, so they are not allocated per row.
+    pub with: Vec<(Cow<'static, str>, Value)>,
     /// An optional condition (e.g. [`version_condition`](crate::expressions::version_condition)).
     pub condition: Option<Expression>,
 }
@@ -373,9 +374,14 @@ impl EntityPut {
         self
     }
 
-    /// Sets `field` to `value` over the entity's, builder style.
-    pub fn with(mut self, field: impl Into<String>, value: Value) -> Self {
-        self.with.insert(field.into(), value);
+    /// Sets `field` to `value` over the entity's, builder style (a field set twice keeps the
+    /// last value).
+    pub fn with(mut self, field: impl Into<Cow<'static, str>>, value: Value) -> Self {
+        let field = field.into();
+        match self.with.iter_mut().find(|(f, _)| *f == field) {
+            Some((_, v)) => *v = value,
+            None => self.with.push((field, value)),
+        }
         self
     }
 
@@ -390,7 +396,7 @@ impl EntityPut {
     pub fn fields<'a>(
         &'a self,
         event: &'a Event,
-    ) -> Result<impl Iterator<Item = (&'a String, &'a Value)>, StepError> {
+    ) -> Result<impl Iterator<Item = (&'a str, &'a Value)>, StepError> {
         let entity = event
             .entity(&self.entity)
             .and_then(Value::as_object)
@@ -401,17 +407,20 @@ impl EntityPut {
                     self.entity
                 ))
             })?;
-        let kept = entity.iter().filter(|(k, _)| {
-            !self.with.contains_key(*k) && !self.without.iter().any(|w| w == k.as_str())
-        });
-        Ok(kept.chain(&self.with))
+        let kept = entity
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .filter(|(k, _)| {
+                !self.with.iter().any(|(w, _)| w == k) && !self.without.iter().any(|w| w == k)
+            });
+        Ok(kept.chain(self.with.iter().map(|(k, v)| (k.as_ref(), v))))
     }
 
     /// The row in `event`, as JSON: what is written.
     pub fn row(&self, event: &Event) -> Result<Value, StepError> {
         Ok(Value::Object(
             self.fields(event)?
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_owned(), v.clone()))
                 .collect(),
         ))
     }
@@ -484,9 +493,12 @@ mod tests {
         let fields: Vec<_> = put()
             .fields(&thing())
             .unwrap()
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_owned())
             .collect();
         assert_eq!(fields.len(), 6, "{fields:?}");
+        // a field laid over twice: the last value, once
+        let twice = put().with("version", json!(3)).row(&thing()).unwrap();
+        assert_eq!(twice["version"], 3);
     }
 
     #[test]

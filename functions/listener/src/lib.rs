@@ -18,7 +18,7 @@ use lambda_stream::sinks::{EntityPut, PutEntity};
 use lambda_stream::{
     ConfigError, Handler, IntoPipeline, Pipeline, Settings, StepError, UnitOfWork,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// Days a deleted thing's row is kept.
 pub const DELETED_TTL_DAYS: i64 = 30;
@@ -55,16 +55,19 @@ pub fn to_put_request(uow: &UnitOfWork) -> Result<EntityPut, StepError> {
         .ok_or_else(|| StepError::poison_msg(format!("event {} has no version", event.id)))?;
     // the row is read from the event as the sink writes it: no copy of the thing is made (and
     // the request is built in place, not moved through a builder once per field)
-    let mut with = Map::new();
-    with.insert("pk".into(), json!(id));
-    with.insert("sk".into(), json!("thing"));
-    with.insert("discriminator".into(), json!("thing"));
-    with.insert("version".into(), json!(version));
-    with.insert("timestamp".into(), json!(event.timestamp));
-    with.insert("lastModifiedBy".into(), json!(modified_by(uow)));
-    if event.event_type == "thing-deleted" {
-        with.insert("deleted".into(), json!(true));
-        with.insert("ttl".into(), json!(ttl(event.timestamp, DELETED_TTL_DAYS)));
+    let deleted = event.event_type == "thing-deleted";
+    let mut with = Vec::with_capacity(if deleted { 8 } else { 6 });
+    with.extend([
+        ("pk".into(), json!(id)),
+        ("sk".into(), json!("thing")),
+        ("discriminator".into(), json!("thing")),
+        ("version".into(), json!(version)),
+        ("timestamp".into(), json!(event.timestamp)),
+        ("lastModifiedBy".into(), json!(modified_by(uow))),
+    ]);
+    if deleted {
+        with.push(("deleted".into(), json!(true)));
+        with.push(("ttl".into(), json!(ttl(event.timestamp, DELETED_TTL_DAYS))));
     }
     Ok(EntityPut {
         table: None,
