@@ -102,6 +102,7 @@ impl<'a> EventRef<'a> {
     /// Lays the standard tags (`Settings::standard_tags`) and the pipeline's id over the
     /// event's own tags when it is written out, as [`tags::add_standard`](crate::tags::add_standard)
     /// does: a tag the event has is kept.
+    #[must_use]
     pub fn with_standard_tags(
         mut self,
         standard: &'a Map<String, Value>,
@@ -210,6 +211,7 @@ mod tests {
                 "other": 3}),
             json!({"type": "t", "partitionKey": null, "tags": null, "raw": null, "eem": null}),
             json!({"type": "t", "tags": {"pipeline": "mine", "source": "upstream"}}),
+            json!({"type": "t", "tags": {}}),
             json!({"thing": {}, "type": "t", "id": "late keys", "timestamp": "17"}),
             json!({"type": "t", "timestamp": 18446744073709551615u64}),
             json!({"type": "t", "timestamp": "soon"}),
@@ -228,6 +230,16 @@ mod tests {
                 .map_err(|e| e.to_string());
             assert_eq!(view, through_event(&case, &standard), "{case}");
         }
+        // standard tags that name a pipeline: theirs wins over the pipeline's id, as before
+        let mut with_pipeline = standard.clone();
+        with_pipeline.insert("pipeline".into(), json!("configured"));
+        let case = json!({"type": "t", "tags": {"region": "eu-west-1"}});
+        let view = EventRef::from_json(&case)
+            .unwrap()
+            .with_standard_tags(&with_pipeline, "p1");
+        let view = serde_json::to_value(view).unwrap();
+        assert_eq!(Ok(view.clone()), through_event(&case, &with_pipeline));
+        assert_eq!(view["tags"]["pipeline"], "configured");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use lambda_stream::connectors::Publishable;
 use lambda_stream::connectors::{DynamoDb, EventBridge, QueryRequest, UpdateRequest};
 use lambda_stream::expressions::{Expression, update_expression};
 use lambda_stream::flavors::{Cdc, CdcStored, Materialize};
-use lambda_stream::sinks::PublishInPlace;
+use lambda_stream::sinks::{BatchPublisher, PublishInPlace};
 use lambda_stream::sources;
 use lambda_stream::testing::*;
 use lambda_stream::{Event, Handler, IntoPipeline, Pipeline, Settings, StepError, UnitOfWork, aws};
@@ -321,7 +322,11 @@ async fn publish_and_check(rule: lambda_stream::AssembledPipeline, queue: &str, 
     faulted.sort();
     assert_eq!(faulted.len(), 3, "{faulted:?}");
     assert_eq!(faulted[0].0, "ddb-10");
-    assert!(faulted[0].1.contains("invalid type"), "{}", faulted[0].1);
+    assert!(
+        faulted[0].1.contains("does not read: invalid type"),
+        "{}",
+        faulted[0].1
+    );
     assert_eq!(faulted[1].0, "ddb-3");
     assert!(faulted[1].1.contains("holds no event to publish"));
     assert_eq!(faulted[2].0, "ddb-7");
@@ -349,8 +354,103 @@ async fn publish_in_place_answers_each_unit_in_order_with_bad_ones_among_them() 
         .on_event_type("event-created")
         .pipe(PublishInPlace::new(
             EventBridge::new(aws::eventbridge().await.clone(), &bus),
-            std::sync::Arc::new(in_place),
+            in_place,
         ))
         .into_pipeline();
     publish_and_check(rule, &queue, false).await;
+}
+
+/// A publisher that rejects the events it names and answers the rest; `short` drops the last
+/// answer, as a publisher breaking the one-answer-per-event contract would.
+#[derive(Clone)]
+struct Rejecting {
+    ids: &'static [&'static str],
+    short: bool,
+}
+
+impl BatchPublisher for Rejecting {
+    fn publish_all<'a, E: Publishable + Sync>(
+        &'a self,
+        events: &'a [E],
+    ) -> futures::future::BoxFuture<'a, Vec<Result<(), StepError>>> {
+        let mut answers: Vec<Result<(), StepError>> = events
+            .iter()
+            .map(|e| match self.ids.contains(&e.id()) {
+                true => Err(StepError::poison_msg(format!("rejected {}", e.id()))),
+                false => Ok(()),
+            })
+            .collect();
+        if self.short {
+            answers.pop();
+        }
+        Box::pin(async move { answers })
+    }
+}
+
+async fn publish_in_place(publisher: Rejecting) -> (Vec<(String, String)>, usize) {
+    let faults = std::sync::Arc::new(MemoryFaults::default());
+    let rule = Pipeline::new("stored-events")
+        .on_event_type("event-created")
+        .pipe(PublishInPlace::new(publisher, in_place))
+        .into_pipeline();
+    let handler = Handler::builder(faults.clone())
+        .dynamodb_options(lambda_stream::sources::DynamoDbOptions {
+            region: None,
+            ..Default::default()
+        })
+        .pipelines([rule])
+        .build()
+        .unwrap();
+    let (changes, _) = appended_batch(false);
+    let response = handler
+        .handle::<sources::DynamoDb>(
+            to_dynamodb_records(&changes),
+            &context(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let mut faulted: Vec<(String, String)> = faults
+        .published()
+        .iter()
+        .map(|f| {
+            let record = f.uow.records()[0]["eventID"].as_str().unwrap().to_owned();
+            (record, f.err.message.clone())
+        })
+        .collect();
+    faulted.sort();
+    (faulted, response.batch_item_failures.len())
+}
+
+#[tokio::test]
+async fn publish_in_place_gives_each_unit_its_own_answer() {
+    // rejected events among good and unpublishable ones: each fault names its own record
+    let (faulted, retried) = publish_in_place(Rejecting {
+        ids: &["e5", "e11", "e23"],
+        short: false,
+    })
+    .await;
+    assert_eq!(retried, 0);
+    let records: Vec<&str> = faulted.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        records,
+        ["ddb-10", "ddb-11", "ddb-23", "ddb-3", "ddb-5", "ddb-7"]
+    );
+    for (record, message) in &faulted {
+        match record.as_str() {
+            "ddb-5" | "ddb-11" | "ddb-23" => {
+                assert!(message.ends_with(&format!("rejected e{}", &record[4..])))
+            }
+            "ddb-10" => assert!(message.contains("change ddb-10 does not read"), "{message}"),
+            _ => {}
+        }
+    }
+    // answers that do not match the events: none is trusted, each published unit is retried;
+    // a stream is retried from its first such record (`ddb-0`), so the records after it,
+    // unpublishable ones included, come again rather than being faulted now
+    let (faulted, retried) = publish_in_place(Rejecting {
+        ids: &[],
+        short: true,
+    })
+    .await;
+    assert_eq!((faulted.len(), retried), (0, 1), "{faulted:?}");
 }

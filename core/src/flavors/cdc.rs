@@ -12,7 +12,7 @@ use crate::uow::UnitOfWork;
 type Query = Arc<dyn Fn(&UnitOfWork) -> Option<QueryRequest> + Send + Sync>;
 type Filter = Arc<dyn Fn(&UnitOfWork) -> bool + Send + Sync>;
 
-/// Where a [`Cdc`] rule publishes.
+/// Where a [`Cdc`] or [`CdcStored`] rule publishes.
 #[derive(Debug, Clone)]
 pub enum Target {
     /// An EventBridge bus.
@@ -216,8 +216,8 @@ impl IntoPipeline for CdcStored {
             Ok(uow)
         });
         match self.target {
-            Target::EventBridge(bus) => checked.pipe(PublishInPlace::new(bus, self.locate)),
-            Target::Kinesis(stream) => checked.pipe(PublishInPlace::new(stream, self.locate)),
+            Target::EventBridge(bus) => checked.pipe(PublishInPlace::located(bus, self.locate)),
+            Target::Kinesis(stream) => checked.pipe(PublishInPlace::located(stream, self.locate)),
         }
         .into_pipeline()
     }

@@ -352,8 +352,9 @@ pub struct EntityPut {
     pub entity: Cow<'static, str>,
     /// The entity's fields left out of the row.
     pub without: Vec<Cow<'static, str>>,
-    /// Fields laid over the entity's (they win where both have one), each name once. Names
-    /// are usually literals, so they are not allocated per row.
+    /// Fields laid over the entity's (they win where both have one). Names are usually
+    /// literals, so they are not allocated per row; [`with`](Self::with) keeps each once, and
+    /// of a name pushed here twice the last is written.
     pub with: Vec<(Cow<'static, str>, Value)>,
     /// An optional condition (e.g. [`version_condition`](crate::expressions::version_condition)).
     pub condition: Option<Expression>,
@@ -497,8 +498,14 @@ mod tests {
             .collect();
         assert_eq!(fields.len(), 6, "{fields:?}");
         // a field laid over twice: the last value, once
-        let twice = put().with("version", json!(3)).row(&thing()).unwrap();
-        assert_eq!(twice["version"], 3);
+        let twice = put().with("version", json!(3));
+        assert_eq!(twice.row(&thing()).unwrap()["version"], 3);
+        let event = thing();
+        let versions = twice
+            .fields(&event)
+            .unwrap()
+            .filter(|(k, _)| *k == "version");
+        assert_eq!(versions.count(), 1);
     }
 
     #[test]

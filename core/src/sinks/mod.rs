@@ -7,6 +7,7 @@
 //! | [`Put`] | [`PutRequest`] | DynamoDB `PutItem` |
 //! | [`PutEntity`] | [`EntityPut`] | DynamoDB `PutItem` of a row made from the event's entity |
 //! | [`Publish`] | [`Event`](crate::Event) | EventBridge `PutEvents`, Kinesis `PutRecords`, SQS `SendMessageBatch` |
+//! | [`PublishInPlace`] | the event a unit's change holds, read where it lies ([`EventRef`](crate::EventRef)) | as [`Publish`] |
 //! | [`PublishToSns`] | [`Event`](crate::Event) | SNS `Publish` |
 //! | [`PutObject`] | [`S3Object`] | S3 `PutObject` |
 //! | [`Invoke`] | [`LambdaCall`] | Lambda `Invoke` |

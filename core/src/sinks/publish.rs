@@ -3,10 +3,9 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-
-use crate::connectors::{EventBridge, Kinesis, Publishable, Sns, Sqs};
 use serde_json::Value;
 
+use crate::connectors::{EventBridge, Kinesis, Publishable, Sns, Sqs};
 use crate::error::StepError;
 use crate::event::Event;
 use crate::event_ref::EventRef;
@@ -101,21 +100,23 @@ pub type Locate = Arc<dyn Fn(&UnitOfWork) -> Option<&Value> + Send + Sync>;
 /// The event `locate` finds in `uow`'s change, read in place; a change without one, or whose
 /// event is malformed or has no id, is poison.
 pub fn stored_event<'u>(
-    locate: &(dyn Fn(&UnitOfWork) -> Option<&Value> + Send + Sync),
+    locate: &dyn Fn(&UnitOfWork) -> Option<&Value>,
     uow: &'u UnitOfWork,
 ) -> Result<EventRef<'u>, StepError> {
-    let change = uow.event();
+    let change = || crate::faults::truncate(&uow.event().id, 128);
     let json = locate(uow).ok_or_else(|| {
+        StepError::poison_msg(format!("change {} holds no event to publish", change()))
+    })?;
+    let event = EventRef::from_json(json).map_err(|e| {
         StepError::poison_msg(format!(
-            "change {} holds no event to publish",
-            crate::faults::truncate(&change.id, 128)
+            "the event in change {} does not read: {e}",
+            change()
         ))
     })?;
-    let event = EventRef::from_json(json)?;
     if event.id().is_empty() {
         return Err(StepError::poison_msg(format!(
             "the event in change {} has no id",
-            crate::faults::truncate(&change.id, 128)
+            change()
         )));
     }
     Ok(event)
@@ -128,13 +129,9 @@ pub fn stored_event<'u>(
 /// [`stored_event`]) is poison.
 ///
 /// ```
-/// use std::sync::Arc;
 /// use lambda_stream::sinks::PublishInPlace;
 /// # async fn rule(bus: lambda_stream::connectors::EventBridge) {
-/// let sink = PublishInPlace::new(
-///     bus,
-///     Arc::new(|uow| uow.event().raw.as_ref()?.get("new")?.get("event")),
-/// );
+/// let sink = PublishInPlace::new(bus, |uow| uow.event().raw.as_ref()?.get("new")?.get("event"));
 /// # }
 /// ```
 #[derive(Clone)]
@@ -145,7 +142,15 @@ pub struct PublishInPlace<P> {
 
 impl<P> PublishInPlace<P> {
     /// Publishes through `publisher` the event `locate` finds in each unit's change.
-    pub fn new(publisher: P, locate: Locate) -> Self {
+    pub fn new(
+        publisher: P,
+        locate: impl Fn(&UnitOfWork) -> Option<&Value> + Send + Sync + 'static,
+    ) -> Self {
+        Self::located(publisher, Arc::new(locate))
+    }
+
+    /// [`new`](Self::new) with a shared `locate`.
+    pub fn located(publisher: P, locate: Locate) -> Self {
         PublishInPlace { publisher, locate }
     }
 }
@@ -183,8 +188,11 @@ impl<P: BatchPublisher> Step<UnitOfWork> for PublishInPlace<P> {
                             Err(e) => unpublishable.push((i, e)),
                         }
                     }
-                    let mut published = publisher.publish_all(&events).await.into_iter();
+                    let published = publisher.publish_all(&events).await;
+                    // answers that cannot be matched to the events are none: each is retried
+                    let matched = published.len() == events.len();
                     drop(events);
+                    let mut published = published.into_iter().filter(|_| matched);
                     let mut unpublishable = unpublishable.into_iter().peekable();
                     units
                         .into_iter()
@@ -193,7 +201,7 @@ impl<P: BatchPublisher> Step<UnitOfWork> for PublishInPlace<P> {
                             Some((_, e)) => Err(e),
                             None => match published.next() {
                                 Some(r) => r.map(|()| uow),
-                                None => Err(StepError::poison_msg("no answer for the event")),
+                                None => Err(StepError::transient("entry was not sent")),
                             },
                         })
                         .collect::<Vec<Result<UnitOfWork<()>, StepError>>>()
