@@ -6,7 +6,7 @@ use crate::connectors::{DynamoDb, EventBridge, Kinesis, QueryRequest};
 use crate::error::StepError;
 use crate::event::Event;
 use crate::pipeline::{AssembledPipeline, EventType, IntoPipeline, Pipeline, Step};
-use crate::sinks::{Locate, Publish, PublishInPlace, stored_event};
+use crate::sinks::{Locate, Publish, PublishInPlace};
 use crate::uow::UnitOfWork;
 
 type Query = Arc<dyn Fn(&UnitOfWork) -> Option<QueryRequest> + Send + Sync>;
@@ -209,15 +209,9 @@ impl IntoPipeline for CdcStored {
         for filter in self.when {
             rule = rule.on(move |uow| filter(uow));
         }
-        // a change with nothing to publish is poison on its own, before any batch is formed
-        let locate = Arc::clone(&self.locate);
-        let checked = rule.map(move |uow: UnitOfWork| {
-            stored_event(&*locate, &uow)?;
-            Ok(uow)
-        });
         match self.target {
-            Target::EventBridge(bus) => checked.pipe(PublishInPlace::located(bus, self.locate)),
-            Target::Kinesis(stream) => checked.pipe(PublishInPlace::located(stream, self.locate)),
+            Target::EventBridge(bus) => rule.pipe(PublishInPlace::located(bus, self.locate)),
+            Target::Kinesis(stream) => rule.pipe(PublishInPlace::located(stream, self.locate)),
         }
         .into_pipeline()
     }
