@@ -52,10 +52,68 @@ const LATENCY: Duration = Duration::from_millis(2);
 /// Answers every AWS call as the service would on success, after `latency`, counting calls.
 #[derive(Debug, Clone)]
 struct Canned {
-    latency: Option<Duration>,
+    latency: Option<Network>,
     calls: Arc<AtomicUsize>,
-    /// The latency calls actually had, in µs (a timer sleeps at least what it is asked).
+    /// The latency calls actually had, in µs (a timer wakes a little after what it is asked).
     waited_us: Arc<AtomicUsize>,
+}
+
+/// The simulated network: each answer arrives `latency` after its request was sent, woken by a
+/// thread of its own at that instant.
+///
+/// A tokio timer would not do: its wheel turns once a millisecond, so every call in flight
+/// would be answered on the same tick (a 2 ms sleep lasts ~3.1 ms), and the handler would
+/// take up the eight answers of `parallel` 8 at once, on one thread, where a network answers
+/// each about when it was sent.
+#[derive(Debug, Clone)]
+struct Network {
+    latency: Duration,
+    requests: std::sync::mpsc::Sender<(Instant, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Network {
+    fn new(latency: Duration) -> Network {
+        let (requests, incoming) =
+            std::sync::mpsc::channel::<(Instant, tokio::sync::oneshot::Sender<()>)>();
+        std::thread::spawn(move || {
+            let mut pending: Vec<(Instant, tokio::sync::oneshot::Sender<()>)> = Vec::new();
+            loop {
+                let next = pending.iter().map(|(at, _)| *at).min();
+                let received = match next {
+                    None => incoming.recv().ok(),
+                    Some(at) => {
+                        match incoming.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                            Ok(request) => Some(request),
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                };
+                match received {
+                    Some(request) => pending.push(request),
+                    None if next.is_none() => return,
+                    None => {}
+                }
+                let now = Instant::now();
+                let (due, waiting): (Vec<_>, Vec<_>) =
+                    pending.drain(..).partition(|(at, _)| *at <= now);
+                pending = waiting;
+                for (_, answer) in due {
+                    let _ = answer.send(());
+                }
+            }
+        });
+        Network { latency, requests }
+    }
+
+    /// Resolves `latency` after it is called.
+    fn answer(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.requests.send((Instant::now() + self.latency, tx));
+        async move {
+            let _ = rx.await;
+        }
+    }
 }
 
 impl Canned {
@@ -88,12 +146,13 @@ impl HttpConnector for Canned {
             .body(SdkBody::from(body))
             .map_err(|e| e.to_string())
             .and_then(|r| HttpResponse::try_from(r).map_err(|e| e.to_string()));
-        let (latency, waited) = (self.latency, Arc::clone(&self.waited_us));
+        let sent = Instant::now();
+        let answered = self.latency.as_ref().map(Network::answer);
+        let waited = Arc::clone(&self.waited_us);
         HttpConnectorFuture::new(async move {
-            if let Some(l) = latency {
-                let t = Instant::now();
-                tokio::time::sleep(l).await;
-                waited.fetch_add(t.elapsed().as_micros() as usize, Ordering::Relaxed);
+            if let Some(answered) = answered {
+                answered.await;
+                waited.fetch_add(sent.elapsed().as_micros() as usize, Ordering::Relaxed);
             }
             response.map_err(|e| {
                 aws_smithy_runtime_api::client::result::ConnectorError::other(e.into(), None)
@@ -213,8 +272,8 @@ fn scenario(name: &str, input: &Path, runs: usize) -> Measured {
     let bytes = std::fs::read(input).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
     let rt = runtime();
     let ctx = context(Duration::from_secs(900));
-    let canned = |latency| Canned {
-        latency,
+    let canned = |latency: Option<Duration>| Canned {
+        latency: latency.map(Network::new),
         calls: Arc::new(AtomicUsize::new(0)),
         waited_us: Arc::new(AtomicUsize::new(0)),
     };
