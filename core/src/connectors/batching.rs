@@ -4,7 +4,9 @@
 //! only the failed entries sent again (these APIs succeed partially), with backoff and jitter,
 //! up to a bound, and the answers put back in order.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -85,10 +87,11 @@ pub trait BatchApi: Sync {
     /// The bytes the entry counts for, as the service counts them.
     fn size(&self, entry: &Self::Entry) -> usize;
     /// Sends one request of `entries`; the answer for each entry, in order.
-    fn send<'a>(
-        &'a self,
-        entries: Vec<&'a Self::Entry>,
-    ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>>;
+    ///
+    /// The entries are the request's own: an entry is made once and moved into the request
+    /// that first sends it (made again only for a retry), so the hot path copies no detail.
+    fn send(&self, entries: Vec<Self::Entry>)
+    -> BoxFuture<'_, Result<Vec<EntryResult>, StepError>>;
 }
 
 /// Publishes `events` through `api`, one result per event, in order: each written as
@@ -108,31 +111,80 @@ pub async fn publish_all<A: BatchApi, P: Publishable>(
         None => None,
     };
     let sealer = sealer.as_ref();
-    let mut entries: Vec<Result<A::Entry, StepError>> = events
-        .iter()
-        .map(|e| wire.json(e, sealer).and_then(|json| api.entry(e, json)))
-        .collect();
-    if let Some(claim_check) = wire.claim_checks() {
-        claim_check_oversize(api, claim_check, events, sealer, &mut entries).await;
+    let mut entries: Vec<Result<A::Entry, StepError>> =
+        events.iter().map(|e| made(api, e, sealer)).collect();
+    let pointers = match wire.claim_checks() {
+        Some(claim_check) => {
+            claim_check_oversize(api, claim_check, events, sealer, &mut entries).await
+        }
+        None => HashMap::new(),
+    };
+    // what can be sent moves into its first request; the rest is already answered
+    let mut answered: Vec<Option<StepError>> = Vec::with_capacity(entries.len());
+    let mut unsent: Vec<Option<A::Entry>> = Vec::with_capacity(entries.len());
+    let mut origin: Vec<usize> = Vec::with_capacity(entries.len());
+    let mut sizes: Vec<usize> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        match entry {
+            Ok(entry) => {
+                sizes.push(api.size(&entry));
+                unsent.push(Some(entry));
+                origin.push(i);
+                answered.push(None);
+            }
+            Err(e) => answered.push(Some(e)),
+        }
     }
-    let sendable: Vec<&A::Entry> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
-    let sizes: Vec<usize> = sendable.iter().map(|e| api.size(e)).collect();
+    let unsent = Mutex::new(unsent);
     let results = send_all(&sizes, api.limits(), |idx| {
-        api.send(idx.iter().map(|i| sendable[*i]).collect())
+        let taken: Vec<Option<A::Entry>> = {
+            let mut unsent = unsent.lock().unwrap_or_else(PoisonError::into_inner);
+            idx.iter().map(|i| unsent[*i].take()).collect()
+        };
+        let (origin, pointers) = (&origin, &pointers);
+        async move {
+            let mut request = Vec::with_capacity(taken.len());
+            for (i, entry) in idx.iter().zip(taken) {
+                let entry = match entry {
+                    Some(entry) => entry,
+                    None => {
+                        let at = origin[*i];
+                        match pointers.get(&at) {
+                            Some(pointer) => api.entry(&events[at], pointer.clone())?,
+                            None => made(api, &events[at], sealer)?,
+                        }
+                    }
+                };
+                request.push(entry);
+            }
+            api.send(request).await
+        }
     })
     .await;
-    merge(&entries, results)
+    merge(answered, results)
+}
+
+/// The entry for `event` as the wire writes it.
+fn made<A: BatchApi, P: Publishable>(
+    api: &A,
+    event: &P,
+    sealer: Option<&Sealer>,
+) -> Result<A::Entry, StepError> {
+    api.wire()
+        .json(event, sealer)
+        .and_then(|json| api.entry(event, json))
 }
 
 /// Stores each entry too big for a request in the claim-check and puts its pointer event in
-/// its place; an entry whose object could not be stored fails with that error.
+/// its place; an entry whose object could not be stored fails with that error. Returns the
+/// pointers by event, to make an entry again for a retry without storing its object twice.
 async fn claim_check_oversize<A: BatchApi, P: Publishable>(
     api: &A,
     claim_check: &ClaimCheck,
     events: &[P],
     sealer: Option<&Sealer>,
     entries: &mut [Result<A::Entry, StepError>],
-) {
+) -> HashMap<usize, String> {
     let limit = api.limits().max_entry_bytes.min(api.limits().max_bytes);
     let over: Vec<usize> = entries
         .iter()
@@ -140,8 +192,9 @@ async fn claim_check_oversize<A: BatchApi, P: Publishable>(
         .filter(|(_, e)| e.as_ref().is_ok_and(|e| api.size(e) > limit))
         .map(|(i, _)| i)
         .collect();
+    let mut kept = HashMap::new();
     if over.is_empty() {
-        return;
+        return kept;
     }
     let now = chrono::Utc::now().timestamp_millis();
     // the rare oversize event is serialized again rather than every event's JSON kept
@@ -151,18 +204,22 @@ async fn claim_check_oversize<A: BatchApi, P: Publishable>(
             let event = &events[i];
             async move {
                 let json = api.wire().json(event, sealer)?;
-                let pointer = claim_check.store(&json, now).await?;
-                api.entry(event, pointer)
+                claim_check.store(&json, now).await
             }
         })
         .collect();
-    let pointers: Vec<Result<A::Entry, StepError>> = stream::iter(stores)
+    let pointers: Vec<Result<String, StepError>> = stream::iter(stores)
         .buffered(api.limits().parallel.max(1))
         .collect()
         .await;
     for (i, pointer) in over.into_iter().zip(pointers) {
-        entries[i] = pointer;
+        entries[i] = pointer.and_then(|pointer| {
+            let entry = api.entry(&events[i], pointer.clone());
+            kept.insert(i, pointer);
+            entry
+        });
     }
+    kept
 }
 
 /// The limits of one batch request, and how requests are sent.
@@ -368,18 +425,18 @@ where
 
 /// Puts the results of the sent entries back in place among the entries that could not be
 /// prepared (serialized), whose own errors stand.
-fn merge<T>(
-    prepared: &[Result<T, StepError>],
+fn merge(
+    answered: Vec<Option<StepError>>,
     results: Vec<Result<(), StepError>>,
 ) -> Vec<Result<(), StepError>> {
     let mut results = results.into_iter();
-    prepared
-        .iter()
-        .map(|p| match p {
-            Ok(_) => results
+    answered
+        .into_iter()
+        .map(|a| match a {
+            None => results
                 .next()
                 .unwrap_or_else(|| Err(StepError::transient("entry was not sent"))),
-            Err(e) => Err(copy(e)),
+            Some(e) => Err(e),
         })
         .collect()
 }
@@ -494,11 +551,24 @@ mod tests {
         );
     }
 
-    /// A batch API whose entries are the JSON, sized by length, all accepted.
+    /// A batch API whose entries are the JSON, sized by length, all accepted (but the
+    /// entries of the first `refused` requests, refused as throttled).
     struct Echo {
         limits: BatchLimits,
         wire: Wire,
         sent: std::sync::Mutex<Vec<String>>,
+        refused: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Echo {
+        fn new(limits: BatchLimits, wire: Wire) -> Echo {
+            Echo {
+                limits,
+                wire,
+                sent: Default::default(),
+                refused: Default::default(),
+            }
+        }
     }
 
     impl BatchApi for Echo {
@@ -515,16 +585,27 @@ mod tests {
         fn size(&self, entry: &String) -> usize {
             entry.len()
         }
-        fn send<'a>(
-            &'a self,
-            entries: Vec<&'a String>,
-        ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>> {
+        fn send(&self, entries: Vec<String>) -> BoxFuture<'_, Result<Vec<EntryResult>, StepError>> {
             let n = entries.len();
-            self.sent
-                .lock()
-                .unwrap()
-                .extend(entries.into_iter().cloned());
-            Box::pin(async move { Ok(vec![EntryResult::Ok; n]) })
+            self.sent.lock().unwrap().extend(entries);
+            let refuse = self
+                .refused
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                )
+                .is_ok();
+            let answer = if refuse {
+                EntryResult::Failed {
+                    code: "ThrottlingException".into(),
+                    message: "slow down".into(),
+                    transient: true,
+                }
+            } else {
+                EntryResult::Ok
+            };
+            Box::pin(async move { Ok(vec![answer; n]) })
         }
     }
 
@@ -532,11 +613,7 @@ mod tests {
     async fn only_oversize_entries_are_claim_checked_and_their_pointers_sent() {
         let store = std::sync::Arc::new(crate::testing::MemoryClaimChecks::default());
         let claim_check = ClaimCheck::new(store.clone(), "claims", "eu-west-1");
-        let api = Echo {
-            limits: limits(10, 2_000),
-            wire: Wire::plain().claim_check(claim_check),
-            sent: Default::default(),
-        };
+        let api = Echo::new(limits(10, 2_000), Wire::plain().claim_check(claim_check));
         let big = Event::new("big", "t", 1)
             .with_partition_key("k")
             .with_entity("blob", serde_json::json!("x".repeat(5_000)));
@@ -580,5 +657,41 @@ mod tests {
             assert_eq!(e.class(), ErrorClass::Transient);
             assert!(e.to_string().contains("after 3 attempts"), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_retried_entry_is_made_again_as_it_was_and_an_object_is_stored_once() {
+        let store = std::sync::Arc::new(crate::testing::MemoryClaimChecks::default());
+        let claim_check = ClaimCheck::new(store.clone(), "claims", "eu-west-1");
+        let api = Echo::new(limits(3, 2_000), Wire::plain().claim_check(claim_check));
+        // the first request (e0, e1, e2) is refused whole once, then sent again
+        api.refused.store(1, std::sync::atomic::Ordering::SeqCst);
+        let events: Vec<Event> = (0..6)
+            .map(|i| {
+                let e = Event::new(format!("e{i}"), "t", 1).with_partition_key("k");
+                if i == 1 {
+                    e.with_entity("blob", serde_json::json!("x".repeat(5_000)))
+                } else {
+                    e
+                }
+            })
+            .collect();
+        let results = publish_all(&api, &events).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let sent = api.sent.into_inner().unwrap();
+        for (i, e) in events.iter().enumerate() {
+            let sends: Vec<&String> = sent
+                .iter()
+                .filter(|s| s.contains(&format!("\"{}\"", e.id)))
+                .collect();
+            assert_eq!(sends.len(), if i < 3 { 2 } else { 1 }, "{}", e.id);
+            assert!(
+                sends.iter().all(|s| *s == sends[0]),
+                "a retried entry is the entry first sent: {sends:?}"
+            );
+        }
+        // the claim-checked event's pointer is sent again, its object stored once
+        assert_eq!(sent.iter().filter(|s| s.contains("claimchecks")).count(), 2);
+        assert_eq!(store.objects().len(), 1);
     }
 }

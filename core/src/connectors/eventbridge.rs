@@ -112,14 +112,11 @@ impl BatchApi for EventBridge {
             .sum()
     }
 
-    fn send<'a>(
-        &'a self,
-        entries: Vec<&'a PutEventsRequestEntry>,
-    ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>> {
-        let request = self
-            .client
-            .put_events()
-            .set_entries(Some(entries.into_iter().cloned().collect()));
+    fn send(
+        &self,
+        entries: Vec<PutEventsRequestEntry>,
+    ) -> BoxFuture<'_, Result<Vec<EntryResult>, StepError>> {
+        let request = self.client.put_events().set_entries(Some(entries));
         Box::pin(async move {
             let out = request.send().await.map_err(classify)?;
             Ok(out

@@ -104,15 +104,15 @@ impl BatchApi for Kinesis {
         entry.data().as_ref().len() + entry.partition_key().map_or(0, str::len)
     }
 
-    fn send<'a>(
-        &'a self,
-        entries: Vec<&'a PutRecordsRequestEntry>,
-    ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>> {
+    fn send(
+        &self,
+        entries: Vec<PutRecordsRequestEntry>,
+    ) -> BoxFuture<'_, Result<Vec<EntryResult>, StepError>> {
         let request = self
             .client
             .put_records()
             .stream_name(&self.stream_name)
-            .set_records(Some(entries.into_iter().cloned().collect()));
+            .set_records(Some(entries));
         Box::pin(async move {
             let out = request.send().await.map_err(classify)?;
             // every record-level error of PutRecords is throughput or an internal failure

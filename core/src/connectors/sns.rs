@@ -141,10 +141,7 @@ impl BatchApi for Sns {
         entry.message.len()
     }
 
-    fn send<'a>(
-        &'a self,
-        entries: Vec<&'a SnsEntry>,
-    ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>> {
+    fn send(&self, entries: Vec<SnsEntry>) -> BoxFuture<'_, Result<Vec<EntryResult>, StepError>> {
         let n = entries.len();
         // an entry's id is its place in the request: the answer names the failed ones by it
         let built: Result<Vec<PublishBatchRequestEntry>, StepError> = entries
@@ -153,9 +150,9 @@ impl BatchApi for Sns {
             .map(|(i, m)| {
                 PublishBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message(&m.message)
-                    .set_message_group_id(m.group.clone())
-                    .set_message_deduplication_id(m.deduplication.clone())
+                    .message(m.message)
+                    .set_message_group_id(m.group)
+                    .set_message_deduplication_id(m.deduplication)
                     .build()
                     .map_err(|e| StepError::poison(e.to_string()))
             })

@@ -108,10 +108,7 @@ impl BatchApi for Sqs {
         entry.body.len()
     }
 
-    fn send<'a>(
-        &'a self,
-        entries: Vec<&'a Message>,
-    ) -> BoxFuture<'a, Result<Vec<EntryResult>, StepError>> {
+    fn send(&self, entries: Vec<Message>) -> BoxFuture<'_, Result<Vec<EntryResult>, StepError>> {
         let n = entries.len();
         // an entry's id is its place in the request: the answer names the failed ones by it
         let built: Result<Vec<SendMessageBatchRequestEntry>, StepError> = entries
@@ -120,9 +117,9 @@ impl BatchApi for Sqs {
             .map(|(i, m)| {
                 SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message_body(&m.body)
-                    .set_message_group_id(m.group.clone())
-                    .set_message_deduplication_id(m.deduplication.clone())
+                    .message_body(m.body)
+                    .set_message_group_id(m.group)
+                    .set_message_deduplication_id(m.deduplication)
                     .build()
                     .map_err(|e| StepError::poison(e.to_string()))
             })
