@@ -9,12 +9,12 @@ use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::{StreamExt, stream};
+use futures::stream::FuturesUnordered;
 use serde::Serialize;
 
 use super::wire::Wire;
-use crate::claimcheck::ClaimCheck;
 use crate::encryption::Sealer;
 use crate::error::{ErrorClass, StepError};
 use crate::event::{Event, FaultEvent};
@@ -97,7 +97,11 @@ pub trait BatchApi: Sync {
 /// Publishes `events` through `api`, one result per event, in order: each written as
 /// [`BatchApi::wire`] says, an entry over the limits claim-checked when the wire has a
 /// claim-check.
-pub async fn publish_all<A: BatchApi, P: Publishable>(
+///
+/// An entry is made when the request it goes into is formed, as a request's turn comes (up to
+/// the limits' `parallel` at once), so a batch of thousands holds the JSON of a few requests
+/// rather than of every event.
+pub async fn publish_all<A: BatchApi, P: Publishable + Sync>(
     api: &A,
     events: &[P],
 ) -> Vec<Result<(), StepError>> {
@@ -111,61 +115,43 @@ pub async fn publish_all<A: BatchApi, P: Publishable>(
         None => None,
     };
     let sealer = sealer.as_ref();
-    let mut entries: Vec<Result<A::Entry, StepError>> =
-        events.iter().map(|e| made(api, e, sealer)).collect();
-    let pointers = match wire.claim_checks() {
-        Some(claim_check) => {
-            claim_check_oversize(api, claim_check, events, sealer, &mut entries).await
-        }
-        None => HashMap::new(),
-    };
-    // what can be sent moves into its first request; the rest is already answered
-    let mut answered: Vec<Option<StepError>> = Vec::with_capacity(entries.len());
-    let mut unsent: Vec<Option<A::Entry>> = Vec::with_capacity(entries.len());
-    let mut origin: Vec<usize> = Vec::with_capacity(entries.len());
-    let mut sizes: Vec<usize> = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.into_iter().enumerate() {
-        match entry {
-            Ok(entry) => {
-                sizes.push(api.size(&entry));
-                unsent.push(Some(entry));
-                origin.push(i);
-                answered.push(None);
-            }
-            Err(e) => answered.push(Some(e)),
-        }
-    }
-    let unsent = Mutex::new(unsent);
-    let results = send_all(&sizes, api.limits(), |idx| {
-        let taken: Vec<Option<A::Entry>> = {
-            let mut unsent = unsent.lock().unwrap_or_else(PoisonError::into_inner);
-            idx.iter().map(|i| unsent[*i].take()).collect()
-        };
-        let (origin, pointers) = (&origin, &pointers);
+    let limit = api.limits().max_entry_bytes.min(api.limits().max_bytes);
+    let now = chrono::Utc::now().timestamp_millis();
+    // a claim-checked event's pointer, to make its entry again for a retry without storing
+    // its object twice
+    let pointers: Mutex<HashMap<usize, String>> = Mutex::new(HashMap::new());
+    let make = |i: usize| {
+        let (event, pointers) = (&events[i], &pointers);
         async move {
-            let mut request = Vec::with_capacity(taken.len());
-            for (i, entry) in idx.iter().zip(taken) {
-                let entry = match entry {
-                    Some(entry) => entry,
-                    None => {
-                        let at = origin[*i];
-                        match pointers.get(&at) {
-                            Some(pointer) => api.entry(&events[at], pointer.clone())?,
-                            None => made(api, &events[at], sealer)?,
-                        }
-                    }
-                };
-                request.push(entry);
+            let kept = lock(pointers).get(&i).cloned();
+            if let Some(pointer) = kept {
+                return api.entry(event, pointer);
             }
-            api.send(request).await
+            let entry = made(api, event, sealer)?;
+            match wire.claim_checks() {
+                Some(claim_check) if api.size(&entry) > limit => {
+                    // the rare oversize event is serialized again rather than its JSON kept
+                    let json = wire.json(event, sealer)?;
+                    let pointer = claim_check.store(&json, now).await?;
+                    lock(pointers).insert(i, pointer.clone());
+                    api.entry(event, pointer)
+                }
+                _ => Ok(entry),
+            }
         }
-    })
-    .await;
-    merge(answered, results)
+    };
+    send_all(
+        events.len(),
+        api.limits(),
+        make,
+        |entry: &A::Entry| api.size(entry),
+        |entries| api.send(entries),
+    )
+    .await
 }
 
 /// The entry for `event` as the wire writes it.
-fn made<A: BatchApi, P: Publishable>(
+fn made<A: BatchApi, P: Publishable + Sync>(
     api: &A,
     event: &P,
     sealer: Option<&Sealer>,
@@ -175,51 +161,8 @@ fn made<A: BatchApi, P: Publishable>(
         .and_then(|json| api.entry(event, json))
 }
 
-/// Stores each entry too big for a request in the claim-check and puts its pointer event in
-/// its place; an entry whose object could not be stored fails with that error. Returns the
-/// pointers by event, to make an entry again for a retry without storing its object twice.
-async fn claim_check_oversize<A: BatchApi, P: Publishable>(
-    api: &A,
-    claim_check: &ClaimCheck,
-    events: &[P],
-    sealer: Option<&Sealer>,
-    entries: &mut [Result<A::Entry, StepError>],
-) -> HashMap<usize, String> {
-    let limit = api.limits().max_entry_bytes.min(api.limits().max_bytes);
-    let over: Vec<usize> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.as_ref().is_ok_and(|e| api.size(e) > limit))
-        .map(|(i, _)| i)
-        .collect();
-    let mut kept = HashMap::new();
-    if over.is_empty() {
-        return kept;
-    }
-    let now = chrono::Utc::now().timestamp_millis();
-    // the rare oversize event is serialized again rather than every event's JSON kept
-    let stores: Vec<_> = over
-        .iter()
-        .map(|&i| {
-            let event = &events[i];
-            async move {
-                let json = api.wire().json(event, sealer)?;
-                claim_check.store(&json, now).await
-            }
-        })
-        .collect();
-    let pointers: Vec<Result<String, StepError>> = stream::iter(stores)
-        .buffered(api.limits().parallel.max(1))
-        .collect()
-        .await;
-    for (i, pointer) in over.into_iter().zip(pointers) {
-        entries[i] = pointer.and_then(|pointer| {
-            let entry = api.entry(&events[i], pointer.clone());
-            kept.insert(i, pointer);
-            entry
-        });
-    }
-    kept
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The limits of one batch request, and how requests are sent.
@@ -286,49 +229,80 @@ fn copy(e: &StepError) -> StepError {
     StepError::new(e.class(), e.name().to_owned(), e.to_string())
 }
 
-/// Sends entries (given by their sizes) in requests within `limits`, up to `limits.parallel`
-/// requests at once; `send` gets the positions of one request's entries and answers per entry.
-/// Returns one result per entry.
-async fn send_all<F, Fut>(
-    sizes: &[usize],
+/// Sends `n` entries in requests within `limits`, up to `limits.parallel` requests at once.
+/// `make` makes entry `i` (an error answers for it); a request is formed, greedily and in
+/// order, when a slot frees, and `send` gets its entries and answers per entry. An entry
+/// retried is made again. Returns one result per entry.
+async fn send_all<E, M, MF, Z, S, SF>(
+    n: usize,
     limits: &BatchLimits,
-    send: F,
+    make: M,
+    size: Z,
+    send: S,
 ) -> Vec<Result<(), StepError>>
 where
-    F: Fn(Vec<usize>) -> Fut,
-    Fut: Future<Output = Result<Vec<EntryResult>, StepError>>,
+    M: Fn(usize) -> MF,
+    MF: Future<Output = Result<E, StepError>>,
+    Z: Fn(&E) -> usize,
+    S: Fn(Vec<E>) -> SF,
+    SF: Future<Output = Result<Vec<EntryResult>, StepError>>,
 {
-    let mut results: Vec<Option<Result<(), StepError>>> = (0..sizes.len()).map(|_| None).collect();
-    let mut requests: Vec<Vec<usize>> = Vec::new();
-    let mut current = Vec::new();
-    let mut bytes = 0;
-    for (i, &size) in sizes.iter().enumerate() {
-        let limit = limits.max_entry_bytes.min(limits.max_bytes);
-        if size > limit {
-            let e = StepError::poison_msg(format!(
-                "entry of {size} bytes exceeds the limit of {limit} bytes"
-            ));
-            results[i] = Some(Err(e.named("OversizeError")));
-            continue;
+    let mut results: Vec<Option<Result<(), StepError>>> = (0..n).map(|_| None).collect();
+    let limit = limits.max_entry_bytes.min(limits.max_bytes);
+    let max_count = limits.max_count.max(1);
+    // the next entry to make, and one made that did not fit the request before
+    let mut next = 0;
+    let mut carried: Option<(usize, E, usize)> = None;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        // a request is formed when a slot is free, so only the requests in flight hold entries
+        while in_flight.len() < limits.parallel.max(1) {
+            let mut request: Vec<(usize, E)> = Vec::new();
+            let mut bytes = 0;
+            if let Some((i, entry, s)) = carried.take() {
+                request.push((i, entry));
+                bytes = s;
+            }
+            while next < n {
+                let i = next;
+                next += 1;
+                let entry = match make(i).await {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        results[i] = Some(Err(e));
+                        continue;
+                    }
+                };
+                let s = size(&entry);
+                if s > limit {
+                    let e = StepError::poison_msg(format!(
+                        "entry of {s} bytes exceeds the limit of {limit} bytes"
+                    ));
+                    results[i] = Some(Err(e.named("OversizeError")));
+                    continue;
+                }
+                if !request.is_empty()
+                    && (request.len() == max_count || bytes + s > limits.max_bytes)
+                {
+                    carried = Some((i, entry, s));
+                    break;
+                }
+                bytes += s;
+                request.push((i, entry));
+            }
+            if request.is_empty() {
+                break;
+            }
+            in_flight.push(send_request(request, limits, &send, &make));
         }
-        if current.len() == limits.max_count.max(1) || bytes + size > limits.max_bytes {
-            requests.push(std::mem::take(&mut current));
-            bytes = 0;
+        match in_flight.next().await {
+            Some(done) => {
+                for (i, r) in done {
+                    results[i] = Some(r);
+                }
+            }
+            None => break,
         }
-        bytes += size;
-        current.push(i);
-    }
-    if !current.is_empty() {
-        requests.push(current);
-    }
-    let send = &send;
-    let done: Vec<Vec<(usize, Result<(), StepError>)>> = stream::iter(requests)
-        .map(|request| send_request(request, limits, send))
-        .buffer_unordered(limits.parallel.max(1))
-        .collect()
-        .await;
-    for (i, r) in done.into_iter().flatten() {
-        results[i] = Some(r);
     }
     results
         .into_iter()
@@ -336,25 +310,28 @@ where
         .collect()
 }
 
-/// One request, with selective retries of its failed entries.
-async fn send_request<F, Fut>(
-    request: Vec<usize>,
+/// One request, with selective retries of its failed entries (made again by `make`).
+async fn send_request<E, M, MF, S, SF>(
+    request: Vec<(usize, E)>,
     limits: &BatchLimits,
-    send: &F,
+    send: &S,
+    make: &M,
 ) -> Vec<(usize, Result<(), StepError>)>
 where
-    F: Fn(Vec<usize>) -> Fut,
-    Fut: Future<Output = Result<Vec<EntryResult>, StepError>>,
+    M: Fn(usize) -> MF,
+    MF: Future<Output = Result<E, StepError>>,
+    S: Fn(Vec<E>) -> SF,
+    SF: Future<Output = Result<Vec<EntryResult>, StepError>>,
 {
     let mut out = Vec::with_capacity(request.len());
-    let mut pending = request;
+    let (mut pending, mut entries): (Vec<usize>, Vec<E>) = request.into_iter().unzip();
     let mut delays = limits.retry.delays();
     let mut attempts = 0;
     loop {
         attempts += 1;
         let mut again = Vec::new();
         let mut last: Option<StepError> = None;
-        match send(pending.clone()).await {
+        match send(std::mem::take(&mut entries)).await {
             Ok(per_entry) if per_entry.len() == pending.len() => {
                 for (i, r) in pending.iter().zip(per_entry) {
                     match r {
@@ -409,7 +386,20 @@ where
                     ?delay,
                     "retried failed batch entries"
                 );
-                pending = again;
+                // the entries went into the request that failed them: made again
+                pending = Vec::with_capacity(again.len());
+                for i in again {
+                    match make(i).await {
+                        Ok(entry) => {
+                            pending.push(i);
+                            entries.push(entry);
+                        }
+                        Err(e) => out.push((i, Err(e))),
+                    }
+                }
+                if pending.is_empty() {
+                    return out;
+                }
             }
             _ => {
                 let e = last.unwrap_or_else(|| StepError::transient("batch entries failed"));
@@ -423,27 +413,30 @@ where
     }
 }
 
-/// Puts the results of the sent entries back in place among the entries that could not be
-/// prepared (serialized), whose own errors stand.
-fn merge(
-    answered: Vec<Option<StepError>>,
-    results: Vec<Result<(), StepError>>,
-) -> Vec<Result<(), StepError>> {
-    let mut results = results.into_iter();
-    answered
-        .into_iter()
-        .map(|a| match a {
-            None => results
-                .next()
-                .unwrap_or_else(|| Err(StepError::transient("entry was not sent"))),
-            Some(e) => Err(e),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claimcheck::ClaimCheck;
+
+    /// `send_all` over entries that are their own positions, sized by `sizes`.
+    async fn by_size<S, SF>(
+        sizes: &[usize],
+        limits: &BatchLimits,
+        send: S,
+    ) -> Vec<Result<(), StepError>>
+    where
+        S: Fn(Vec<usize>) -> SF,
+        SF: Future<Output = Result<Vec<EntryResult>, StepError>>,
+    {
+        send_all(
+            sizes.len(),
+            limits,
+            |i| std::future::ready(Ok(i)),
+            |i: &usize| sizes[*i],
+            send,
+        )
+        .await
+    }
 
     fn limits(max_count: usize, max_bytes: usize) -> BatchLimits {
         BatchLimits {
@@ -462,7 +455,7 @@ mod tests {
     #[tokio::test]
     async fn requests_respect_count_and_bytes_and_oversize_entries_are_poison() {
         let requests = std::sync::Mutex::new(Vec::new());
-        let results = send_all(&[4, 4, 4, 1, 20, 1], &limits(2, 8), |idx| {
+        let results = by_size(&[4, 4, 4, 1, 20, 1], &limits(2, 8), |idx| {
             requests.lock().unwrap().push(idx.clone());
             let n = idx.len();
             async move { Ok(vec![EntryResult::Ok; n]) }
@@ -483,7 +476,7 @@ mod tests {
     #[tokio::test]
     async fn only_failed_entries_are_retried_and_non_transient_failures_are_poison() {
         let calls: std::sync::Mutex<Vec<Vec<usize>>> = Default::default();
-        let results = send_all(&[1, 1, 1], &limits(10, 100), |idx| {
+        let results = by_size(&[1, 1, 1], &limits(10, 100), |idx| {
             let first = {
                 let mut calls = calls.lock().unwrap();
                 calls.push(idx.clone());
@@ -527,7 +520,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let results = crate::deadline::bounded(
             Some(limit),
-            send_all(&[1], &slow, |idx| {
+            by_size(&[1], &slow, |idx| {
                 calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 async move {
                     Ok(idx
@@ -637,7 +630,7 @@ mod tests {
     #[tokio::test]
     async fn retries_are_bounded_then_the_entries_are_transient_failures() {
         let calls = std::sync::atomic::AtomicUsize::new(0);
-        let results = send_all(&[1, 1], &limits(10, 100), |idx| {
+        let results = by_size(&[1, 1], &limits(10, 100), |idx| {
             calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move {
                 Ok(idx
@@ -693,5 +686,31 @@ mod tests {
         // the claim-checked event's pointer is sent again, its object stored once
         assert_eq!(sent.iter().filter(|s| s.contains("claimchecks")).count(), 2);
         assert_eq!(store.objects().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_made_when_its_request_is_formed() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let made = AtomicUsize::new(0);
+        let made_at_each_send = std::sync::Mutex::new(Vec::new());
+        let results = send_all(
+            7,
+            &limits(2, 100),
+            |i| {
+                made.fetch_add(1, SeqCst);
+                std::future::ready(Ok(i))
+            },
+            |_: &usize| 1,
+            |entries: Vec<usize>| {
+                made_at_each_send.lock().unwrap().push(made.load(SeqCst));
+                let n = entries.len();
+                async move { Ok(vec![EntryResult::Ok; n]) }
+            },
+        )
+        .await;
+        assert!(results.iter().all(Result::is_ok));
+        // one request at a time (parallel 1) of two: its entries and the next one, which
+        // showed the request full, are all that is made before it is sent
+        assert_eq!(made_at_each_send.into_inner().unwrap(), vec![3, 5, 7, 7]);
     }
 }

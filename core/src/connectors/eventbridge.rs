@@ -75,7 +75,10 @@ impl EventBridge {
     }
 
     /// Publishes `events`, one result per event, in order.
-    pub async fn put_events<P: Publishable>(&self, events: &[P]) -> Vec<Result<(), StepError>> {
+    pub async fn put_events<P: Publishable + Sync>(
+        &self,
+        events: &[P],
+    ) -> Vec<Result<(), StepError>> {
         publish_all(self, events).await
     }
 }

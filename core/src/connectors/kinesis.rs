@@ -71,7 +71,10 @@ impl Kinesis {
 
     /// Writes `events` as records (data: the event's JSON; partition key: the event's, else its
     /// id), one result per event, in order.
-    pub async fn put_records<P: Publishable>(&self, events: &[P]) -> Vec<Result<(), StepError>> {
+    pub async fn put_records<P: Publishable + Sync>(
+        &self,
+        events: &[P],
+    ) -> Vec<Result<(), StepError>> {
         publish_all(self, events).await
     }
 }

@@ -56,7 +56,10 @@ impl Sns {
     /// Publishes `events` in `PublishBatch` requests sized to the limits, one result per
     /// event, in order; written as the [`Wire`] says (over 256 KB: claim-checked); FIFO topics
     /// get each event's partition key (else id) as message group and its id as deduplication id.
-    pub async fn publish_batch<P: Publishable>(&self, events: &[P]) -> Vec<Result<(), StepError>> {
+    pub async fn publish_batch<P: Publishable + Sync>(
+        &self,
+        events: &[P],
+    ) -> Vec<Result<(), StepError>> {
         publish_all(self, events).await
     }
 
@@ -77,7 +80,7 @@ impl Sns {
     /// Publishes `event` as the message (JSON, written as the [`Wire`] says; over 256 KB, its
     /// claim-check pointer, or poison without a claim-check); FIFO topics get its partition key
     /// as message group and its id as deduplication id.
-    pub async fn publish<P: Publishable>(&self, event: &P) -> Result<(), StepError> {
+    pub async fn publish<P: Publishable + Sync>(&self, event: &P) -> Result<(), StepError> {
         let sealer = match self.wire.encryption() {
             Some(e) => Some(e.envelope.sealer(&e.master_key).await?),
             None => None,

@@ -69,7 +69,7 @@ impl Sqs {
     /// Sends `events` as message bodies (JSON), one result per event, in order; a FIFO queue
     /// gets each event's partition key (else id) as message group and its id as deduplication
     /// id.
-    pub async fn send_message_batch<P: Publishable>(
+    pub async fn send_message_batch<P: Publishable + Sync>(
         &self,
         events: &[P],
     ) -> Vec<Result<(), StepError>> {
