@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -35,7 +36,9 @@ use crate::faults::truncate;
 /// ```
 #[derive(Debug, Clone)]
 pub struct DynamoDbRecord {
-    raw: Box<RawValue>,
+    /// The record's JSON as it arrived: a slice of the payload it came in when the batch was
+    /// read in one pass (no copy), else its own copy.
+    raw: Bytes,
     event_id: String,
     event_name: String,
     event_source_arn: Option<String>,
@@ -79,8 +82,24 @@ impl DynamoDbRecord {
             Ok(wire) => wire,
             Err(e) => return Err((raw, e)),
         };
+        let raw: Box<str> = raw.into();
+        Ok(DynamoDbRecord::from_wire(
+            wire,
+            Bytes::from(raw.into_boxed_bytes()),
+        ))
+    }
+
+    /// Parses the record that starts at `start` of a whole payload (`text` is the payload), in
+    /// one pass: its JSON is the slice of the payload the parse read.
+    pub(crate) fn parse_at(payload: &Bytes, text: &str, start: usize) -> Option<(Self, usize)> {
+        let (wire, end) = super::value_at::<Wire>(text, start)?;
+        let raw = payload.slice(start..end);
+        Some((DynamoDbRecord::from_wire(wire, raw), end))
+    }
+
+    fn from_wire(wire: Wire, raw: Bytes) -> Self {
         let change = wire.dynamodb;
-        Ok(DynamoDbRecord {
+        DynamoDbRecord {
             raw,
             event_id: wire.event_id,
             event_name: wire.event_name,
@@ -96,7 +115,7 @@ impl DynamoDbRecord {
             }),
             new_image: change.new_image.map(|i| i.0),
             old_image: change.old_image.map(|i| i.0),
-        })
+        }
     }
 
     /// The record's id (`eventID`).
@@ -145,8 +164,9 @@ impl DynamoDbRecord {
     }
 
     /// The record's JSON as it arrived.
-    pub fn raw(&self) -> &RawValue {
-        &self.raw
+    pub fn raw(&self) -> &str {
+        // read from this text by serde_json, which accepts only UTF-8
+        std::str::from_utf8(&self.raw).unwrap_or_default()
     }
 
     /// The new and old images, moved out: the source puts them into the event.
@@ -156,8 +176,10 @@ impl DynamoDbRecord {
 }
 
 impl Serialize for DynamoDbRecord {
+    // verbatim, as it arrived: what a fault event carries, so the record can be resubmitted
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.raw.serialize(s)
+        let raw: &RawValue = serde_json::from_str(self.raw()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
     }
 }
 

@@ -45,6 +45,11 @@ pub trait Source: Send + Sync + 'static {
     type Response: Serialize + Send + 'static;
     /// What Lambda delivers again when records are not done.
     const REDELIVERY: Redelivery;
+    /// The event from the invocation's payload, as [`run`](crate::run) receives it. A batch of
+    /// records is read in one pass where it can be ([`Records::from_bytes`](super::Records::from_bytes)).
+    fn event(payload: &bytes::Bytes) -> serde_json::Result<Self::Event> {
+        serde_json::from_slice(payload)
+    }
     /// The event's records as units of work; the ones that do not decode become faults.
     fn decode(event: Self::Event, options: &DecodeOptions) -> Decoded;
     /// The answer from every record's outcome (consumed: what pipelines answered moves into
@@ -59,6 +64,9 @@ pub struct Kinesis;
 
 impl Source for Kinesis {
     type Event = KinesisRecords;
+    fn event(payload: &bytes::Bytes) -> serde_json::Result<KinesisRecords> {
+        KinesisRecords::from_bytes(payload)
+    }
     type Response = KinesisEventResponse;
     const REDELIVERY: Redelivery = Redelivery::FromCheckpoint;
     fn decode(event: KinesisRecords, _: &DecodeOptions) -> Decoded {
@@ -75,6 +83,9 @@ pub struct DynamoDb;
 
 impl Source for DynamoDb {
     type Event = DynamoDbRecords;
+    fn event(payload: &bytes::Bytes) -> serde_json::Result<DynamoDbRecords> {
+        DynamoDbRecords::from_bytes(payload)
+    }
     type Response = DynamoDbEventResponse;
     const REDELIVERY: Redelivery = Redelivery::FromCheckpoint;
     fn decode(event: DynamoDbRecords, options: &DecodeOptions) -> Decoded {
@@ -92,6 +103,9 @@ pub struct Sqs;
 
 impl Source for Sqs {
     type Event = SqsRecords;
+    fn event(payload: &bytes::Bytes) -> serde_json::Result<SqsRecords> {
+        SqsRecords::from_bytes(payload)
+    }
     type Response = SqsBatchResponse;
     const REDELIVERY: Redelivery = Redelivery::PerRecord;
     fn decode(event: SqsRecords, _: &DecodeOptions) -> Decoded {
@@ -108,6 +122,9 @@ pub struct SqsSnsS3;
 
 impl Source for SqsSnsS3 {
     type Event = SqsRecords;
+    fn event(payload: &bytes::Bytes) -> serde_json::Result<SqsRecords> {
+        SqsRecords::from_bytes(payload)
+    }
     type Response = SqsBatchResponse;
     const REDELIVERY: Redelivery = Redelivery::PerRecord;
     fn decode(event: SqsRecords, _: &DecodeOptions) -> Decoded {
@@ -124,6 +141,9 @@ pub struct Sns;
 
 impl Source for Sns {
     type Event = SnsRecords;
+    fn event(payload: &bytes::Bytes) -> serde_json::Result<SnsRecords> {
+        SnsRecords::from_bytes(payload)
+    }
     type Response = ();
     const REDELIVERY: Redelivery = Redelivery::Whole;
     fn decode(event: SnsRecords, _: &DecodeOptions) -> Decoded {
@@ -140,6 +160,9 @@ pub struct S3;
 
 impl Source for S3 {
     type Event = S3Records;
+    fn event(payload: &bytes::Bytes) -> serde_json::Result<S3Records> {
+        S3Records::from_bytes(payload)
+    }
     type Response = ();
     const REDELIVERY: Redelivery = Redelivery::Whole;
     fn decode(event: S3Records, _: &DecodeOptions) -> Decoded {

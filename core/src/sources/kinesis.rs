@@ -70,7 +70,11 @@ pub fn from_kinesis(batch: impl Into<KinesisRecords>) -> Decoded {
 /// Every field of `aws_lambda_events` 1.2's record is copied: a field a later release adds
 /// must be added here (the type is `non_exhaustive`, so the compiler will not say so).
 pub(crate) fn parse_record(json: &str) -> Result<KinesisEventRecord, serde_json::Error> {
-    let wire: wire::KinesisEventRecord = serde_json::from_str(json)?;
+    serde_json::from_str(json).map(from_wire)
+}
+
+/// The record from its wire shape.
+pub(crate) fn from_wire(wire: Wire) -> KinesisEventRecord {
     let mut record = KinesisEventRecord::default();
     record.aws_region = wire.aws_region;
     record.event_id = wire.event_id;
@@ -86,8 +90,11 @@ pub(crate) fn parse_record(json: &str) -> Result<KinesisEventRecord, serde_json:
     k.partition_key = wire.kinesis.partition_key;
     k.sequence_number = wire.kinesis.sequence_number;
     k.kinesis_schema_version = wire.kinesis.kinesis_schema_version;
-    Ok(record)
+    record
 }
+
+/// A Kinesis record as Lambda delivers it.
+pub(crate) type Wire = wire::KinesisEventRecord;
 
 mod wire {
     use std::fmt;
@@ -102,7 +109,7 @@ mod wire {
     // named as `aws_lambda_events` names its types: serde's errors quote the struct's name
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
-    pub(super) struct KinesisEventRecord {
+    pub(crate) struct KinesisEventRecord {
         #[serde(default)]
         pub aws_region: Option<String>,
         #[serde(default, rename = "eventID")]
@@ -122,7 +129,7 @@ mod wire {
 
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
-    pub(super) struct KinesisRecord {
+    pub(crate) struct KinesisRecord {
         #[serde(default, deserialize_with = "seconds")]
         pub approximate_arrival_timestamp: DateTime<Utc>,
         #[serde(deserialize_with = "base64")]
