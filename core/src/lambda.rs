@@ -43,7 +43,10 @@ pub async fn run<S: Source>(handler: Handler) -> Result<(), lambda_runtime::Erro
         let payload = PAYLOAD.with(|p| p.borrow_mut().take());
         async move {
             let payload = payload.ok_or("the invocation's payload was not handed over")?;
-            let batch = S::event(&payload)?;
+            let batch = S::event(&payload)
+                .map_err(|e| format!("the invocation's payload does not parse: {e}"))?;
+            // what the batch does not keep a slice of is freed before the pipelines run
+            drop(payload);
             Ok::<_, lambda_runtime::Error>(handler.handle::<S>(batch, &event.context).await?)
         }
     });
@@ -102,5 +105,72 @@ impl<S: Service<LambdaInvocation>> Service<LambdaInvocation> for PayloadService<
         // not left for the next invocation when the handler was not called
         PAYLOAD.with(|p| p.borrow_mut().take());
         future
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stands for the runtime's services inside the layer: records the body the runtime's
+    /// deserializer would read and, when it calls the handler, what the handler is handed.
+    #[derive(Default)]
+    struct Runtime {
+        calls_handler: bool,
+        deserialized: Option<Bytes>,
+        handed: Option<Option<Bytes>>,
+    }
+
+    impl Service<LambdaInvocation> for Runtime {
+        type Response = ();
+        type Error = ();
+        type Future = std::future::Ready<Result<(), ()>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, invocation: LambdaInvocation) -> Self::Future {
+            self.deserialized = Some(invocation.body);
+            if self.calls_handler {
+                self.handed = Some(PAYLOAD.with(|p| p.borrow_mut().take()));
+            }
+            std::future::ready(Ok(()))
+        }
+    }
+
+    fn invocation(body: &'static [u8]) -> LambdaInvocation {
+        LambdaInvocation {
+            parts: http::Response::new(()).into_parts().0,
+            body: Bytes::from_static(body),
+            context: lambda_runtime::Context::default(),
+        }
+    }
+
+    #[test]
+    fn the_handler_is_handed_the_payload_and_the_runtime_a_null() {
+        let mut service = PayloadLayer.layer(Runtime {
+            calls_handler: true,
+            ..Runtime::default()
+        });
+        drop(service.call(invocation(br#"{"Records":[]}"#)));
+        assert_eq!(service.inner.deserialized.as_deref(), Some(&b"null"[..]));
+        assert_eq!(
+            service.inner.handed,
+            Some(Some(Bytes::from_static(br#"{"Records":[]}"#)))
+        );
+        // nothing is left for the next invocation
+        assert!(PAYLOAD.with(|p| p.borrow().is_none()));
+    }
+
+    #[test]
+    fn a_payload_the_handler_was_not_called_for_is_not_left_for_the_next() {
+        let mut service = PayloadLayer.layer(Runtime::default());
+        drop(service.call(invocation(b"{}")));
+        assert!(PAYLOAD.with(|p| p.borrow().is_none()));
+        // the next invocation's handler gets its own payload
+        service.inner.calls_handler = true;
+        drop(service.call(invocation(b"[1]")));
+        assert_eq!(service.inner.handed, Some(Some(Bytes::from_static(b"[1]"))));
     }
 }

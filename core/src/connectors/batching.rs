@@ -6,11 +6,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either, select};
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
 
@@ -263,10 +264,28 @@ where
                 request.push((i, entry));
                 bytes = s;
             }
-            while next < n {
+            // full by count: sent before the next entry is made
+            while next < n && request.len() < max_count {
                 let i = next;
                 next += 1;
-                let entry = match make(i).await {
+                // an entry made with I/O (a claim-check's object stored) lets the requests in
+                // flight go on meanwhile: their answers and retries are not held up
+                let mut making = pin!(make(i));
+                let made = loop {
+                    if in_flight.is_empty() {
+                        break making.await;
+                    }
+                    match select(making, in_flight.next()).await {
+                        Either::Left((made, _)) => break made,
+                        Either::Right((done, unfinished)) => {
+                            for (i, r) in done.into_iter().flatten() {
+                                results[i] = Some(r);
+                            }
+                            making = unfinished;
+                        }
+                    }
+                };
+                let entry = match made {
                     Ok(entry) => entry,
                     Err(e) => {
                         results[i] = Some(Err(e));
@@ -281,9 +300,7 @@ where
                     results[i] = Some(Err(e.named("OversizeError")));
                     continue;
                 }
-                if !request.is_empty()
-                    && (request.len() == max_count || bytes + s > limits.max_bytes)
-                {
+                if !request.is_empty() && bytes + s > limits.max_bytes {
                     carried = Some((i, entry, s));
                     break;
                 }
@@ -709,8 +726,103 @@ mod tests {
         )
         .await;
         assert!(results.iter().all(Result::is_ok));
-        // one request at a time (parallel 1) of two: its entries and the next one, which
-        // showed the request full, are all that is made before it is sent
-        assert_eq!(made_at_each_send.into_inner().unwrap(), vec![3, 5, 7, 7]);
+        // one request at a time (parallel 1) of two: its entries are all that is made before
+        // it is sent
+        assert_eq!(made_at_each_send.into_inner().unwrap(), vec![2, 4, 6, 7]);
+    }
+
+    /// A claim-check store whose objects take 100 ms to store.
+    #[derive(Debug, Default)]
+    struct SlowStore(crate::testing::MemoryClaimChecks);
+
+    impl crate::claimcheck::ClaimCheckStore for SlowStore {
+        fn put<'a>(
+            &'a self,
+            bucket: &'a str,
+            key: &'a str,
+            json: Vec<u8>,
+        ) -> BoxFuture<'a, Result<(), StepError>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.0.put(bucket, key, json).await
+            })
+        }
+        fn get<'a>(
+            &'a self,
+            bucket: &'a str,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StepError>> {
+            self.0.get(bucket, key)
+        }
+    }
+
+    /// Records when each entry was sent.
+    struct Timed {
+        limits: BatchLimits,
+        wire: Wire,
+        started: tokio::time::Instant,
+        sent: std::sync::Mutex<Vec<(String, Duration)>>,
+    }
+
+    impl BatchApi for Timed {
+        type Entry = String;
+        fn limits(&self) -> &BatchLimits {
+            &self.limits
+        }
+        fn wire(&self) -> &Wire {
+            &self.wire
+        }
+        fn entry<P: Publishable>(&self, event: &P, json: String) -> Result<String, StepError> {
+            Ok(if json.contains("claimchecks") {
+                format!("{}-pointer", event.id())
+            } else {
+                event.id().to_owned()
+            })
+        }
+        fn size(&self, entry: &String) -> usize {
+            // the big event's JSON is over the limit: claim-checked
+            if entry == "big" { 10_000 } else { 1 }
+        }
+        fn send(&self, entries: Vec<String>) -> BoxFuture<'_, Result<Vec<EntryResult>, StepError>> {
+            let at = self.started.elapsed();
+            let n = entries.len();
+            let mut sent = self.sent.lock().unwrap();
+            sent.extend(entries.into_iter().map(|e| (e, at)));
+            Box::pin(async move { Ok(vec![EntryResult::Ok; n]) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_check_being_stored_does_not_hold_up_the_requests_in_flight() {
+        let claim_check = ClaimCheck::new(
+            std::sync::Arc::new(SlowStore::default()),
+            "claims",
+            "eu-west-1",
+        );
+        let mut two = limits(1, 2_000);
+        two.parallel = 2;
+        let api = Timed {
+            limits: two,
+            wire: Wire::plain().claim_check(claim_check),
+            started: tokio::time::Instant::now(),
+            sent: Default::default(),
+        };
+        let events = [
+            Event::new("e0", "t", 1),
+            Event::new("big", "t", 1),
+            Event::new("e2", "t", 1),
+        ];
+        let results = publish_all(&api, &events).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let sent = api.sent.into_inner().unwrap();
+        let at = |id: &str| {
+            sent.iter()
+                .find(|(e, _)| e == id)
+                .map(|(_, at)| *at)
+                .unwrap()
+        };
+        // e0's request went out while the big event's object was being stored
+        assert!(at("e0") < Duration::from_millis(100), "{sent:?}");
+        assert!(at("big-pointer") >= Duration::from_millis(100), "{sent:?}");
     }
 }

@@ -93,7 +93,8 @@ impl DynamoDbRecord {
     /// one pass: its JSON is the slice of the payload the parse read.
     pub(crate) fn parse_at(payload: &Bytes, text: &str, start: usize) -> Option<(Self, usize)> {
         let (wire, end) = super::value_at::<Wire>(text, start)?;
-        let raw = payload.slice(start..end);
+        // `text` is `payload` as text; a caller that passes other text gets nothing, not a panic
+        let raw = (text.len() == payload.len()).then(|| payload.slice(start..end))?;
         Some((DynamoDbRecord::from_wire(wire, raw), end))
     }
 

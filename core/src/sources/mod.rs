@@ -95,8 +95,8 @@ pub trait Relaxed: DeserializeOwned {
         serde_json::from_str(raw.get()).map_err(|e| (raw, e))
     }
 
-    /// Parses the record that starts at `start` of a whole Lambda payload (`text` is the
-    /// payload) in one pass: the record and the offset where it ends, or `None` when it does
+    /// Parses the record that starts at `start` of a whole Lambda payload (`text` is the same
+    /// payload as text) in one pass: the record and the offset where it ends, or `None` when it does
     /// not parse as this type (the batch is then parsed record by record, each isolated as
     /// [`Lenient`] says, and relaxed where it can be). The default parses as
     /// [`parse`](Relaxed::parse) does.
@@ -267,7 +267,11 @@ impl<R: Relaxed> Records<R> {
         let text = std::str::from_utf8(payload).ok()?;
         let b = payload.as_ref();
         let ws = |mut at: usize| {
-            while b.get(at).is_some_and(u8::is_ascii_whitespace) {
+            // JSON's whitespace, which has no form feed
+            while b
+                .get(at)
+                .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+            {
                 at += 1;
             }
             at
@@ -802,6 +806,15 @@ mod one_pass {
         assert!(empty.unwrap().records.is_empty());
         let cut = Bytes::from(format!(r#"{{"Records":[{good}"#));
         assert!(DynamoDbRecords::from_bytes(&cut).is_err());
+        // what is not JSON is not read: a form feed between tokens, characters after the event
+        for bad in [
+            format!("{{\x0c\"Records\":[{good}]}}"),
+            format!(r#"{{"Records":[{good}]}} junk"#),
+        ] {
+            let bytes = Bytes::from(bad);
+            assert!(DynamoDbRecords::in_one_pass(&bytes).is_none());
+            assert!(DynamoDbRecords::from_bytes(&bytes).is_err());
+        }
     }
 
     #[test]
