@@ -42,11 +42,7 @@ pub async fn run<S: Source>(handler: Handler) -> Result<(), lambda_runtime::Erro
         let handler = Arc::clone(&handler);
         let payload = PAYLOAD.with(|p| p.borrow_mut().take());
         async move {
-            let payload = payload.ok_or("the invocation's payload was not handed over")?;
-            let batch = S::event(&payload)
-                .map_err(|e| format!("the invocation's payload does not parse: {e}"))?;
-            // what the batch does not keep a slice of is freed before the pipelines run
-            drop(payload);
+            let batch = event_of::<S>(payload)?;
             Ok::<_, lambda_runtime::Error>(handler.handle::<S>(batch, &event.context).await?)
         }
     });
@@ -62,6 +58,18 @@ pub async fn run<S: Source>(handler: Handler) -> Result<(), lambda_runtime::Erro
             .await;
     }
     runtime.run().await
+}
+
+/// The invocation's event from the payload the layer handed over. The payload itself is freed
+/// here, before the pipelines run, unless the event keeps slices of it.
+fn event_of<S: Source>(payload: Option<Bytes>) -> Result<S::Event, lambda_runtime::Error> {
+    let payload = payload.ok_or("the invocation's payload was not handed over")?;
+    S::event(&payload).map_err(|e| {
+        // serde's message can quote a whole string of the payload
+        let reason = e.to_string();
+        let reason = crate::faults::truncate(&reason, 300);
+        format!("the invocation's payload does not parse: {reason}").into()
+    })
 }
 
 thread_local! {
@@ -161,6 +169,25 @@ mod tests {
         );
         // nothing is left for the next invocation
         assert!(PAYLOAD.with(|p| p.borrow().is_none()));
+    }
+
+    #[test]
+    fn a_payload_that_does_not_parse_is_named_and_quoted_briefly() {
+        let long = Bytes::from(format!(r#"{{"Records":"{}"}}"#, "x".repeat(5_000)));
+        let e = event_of::<crate::sources::Sqs>(Some(long))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the invocation's payload does not parse: "),
+            "{e}"
+        );
+        assert!(e.len() < 400, "{} bytes", e.len());
+        let e = event_of::<crate::sources::Sqs>(None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not handed over"), "{e}");
+        let ok = event_of::<crate::sources::Sqs>(Some(Bytes::from_static(b"{\"Records\":[]}")));
+        assert!(ok.unwrap().records.is_empty());
     }
 
     #[test]
