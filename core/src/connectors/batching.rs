@@ -278,8 +278,8 @@ where
                     match select(making, in_flight.next()).await {
                         Either::Left((made, _)) => break made,
                         Either::Right((done, unfinished)) => {
-                            for (i, r) in done.into_iter().flatten() {
-                                results[i] = Some(r);
+                            for (sent, r) in done.into_iter().flatten() {
+                                results[sent] = Some(r);
                             }
                             making = unfinished;
                         }
