@@ -472,6 +472,47 @@ fn peer(dir: &Path, function: &str, mode: &str, input: &Path, runs: usize) -> Op
     parse_measured(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// One scenario's rounds as one row: the median of their medians, the extremes of their
+/// runs, the highest peak RSS.
+fn combined(rounds: &[Measured]) -> Option<Measured> {
+    let mut medians: Vec<f64> = rounds.iter().map(|m| m.median_ms).collect();
+    medians.sort_by(f64::total_cmp);
+    let first = rounds.first()?;
+    Some(Measured {
+        median_ms: medians[medians.len() / 2],
+        min_ms: rounds
+            .iter()
+            .map(|m| m.min_ms)
+            .fold(f64::INFINITY, f64::min),
+        max_ms: rounds.iter().map(|m| m.max_ms).fold(0.0, f64::max),
+        peak_rss_mb: rounds.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max),
+        calls: first.calls,
+        call_latency_ms: first.call_latency_ms,
+    })
+}
+
+/// How many times slower the peer is: the median of each round's ratio (the peer's median
+/// over ours, measured back to back), and every round's.
+fn rounds_ratio(ours: &[Measured], theirs: &[Measured]) -> String {
+    let mut ratios: Vec<f64> = ours
+        .iter()
+        .zip(theirs)
+        .filter(|(o, _)| o.median_ms > 0.0)
+        .map(|(o, t)| t.median_ms / o.median_ms)
+        .collect();
+    if ratios.is_empty() {
+        return "n/a".into();
+    }
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    format!(
+        "peer with its SDK {:.2}× slower (median of {} rounds: {})",
+        ratios[ratios.len() / 2],
+        ratios.len(),
+        each.join(", ")
+    )
+}
+
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -520,13 +561,15 @@ fn main() {
     let size_mb = std::fs::metadata(&kinesis).map_or(0.0, |m| m.len() as f64 / 1e6);
     eprintln!("batches: {records} records; Kinesis payload {size_mb:.1} MB");
 
+    let rounds: usize = arg("--rounds")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let mut rows: Vec<(String, Option<Measured>)> = Vec::new();
     for (scenario, input) in [
         ("floor", &kinesis),
         ("routing", &kinesis),
         ("production", &kinesis),
-        ("listener-sdk", &kinesis),
-        ("trigger-sdk", &dynamodb),
         ("listener-sdk-2ms-p4", &kinesis),
         ("listener-sdk-2ms-p8", &kinesis),
     ] {
@@ -535,22 +578,60 @@ fn main() {
         rows.push((scenario.to_owned(), own(scenario, input, runs)));
     }
     let have_peer = peer_dir.join("node_modules").exists();
-    if have_peer {
-        for (function, mode, input) in [
-            ("listener", "stubbed", &kinesis),
-            ("listener", "sdk", &kinesis),
-            ("trigger", "stubbed", &dynamodb),
-            ("trigger", "sdk", &dynamodb),
-        ] {
-            eprintln!("running aws-lambda-stream {function} {mode} ...");
-            rows.push((
-                format!("peer-{function}-{mode}"),
-                peer(&peer_dir, function, mode, input, runs),
-            ));
-        }
-    } else {
+    if !have_peer {
         eprintln!("bench/peer/node_modules missing: run `npm ci` there for the peer's figures");
     }
+    // Ours and the peer's with their SDK clients, back to back in each round: the ratio of a
+    // round is measured in one sitting, so a host that slows down between two scenarios (a
+    // shared VM does) moves both sides of it.
+    let mut sdk: Vec<(&str, Vec<Measured>, Vec<Measured>)> = Vec::new();
+    for (scenario, function, input) in [
+        ("listener-sdk", "listener", &kinesis),
+        ("trigger-sdk", "trigger", &dynamodb),
+    ] {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            eprintln!("running {scenario}, round {round} of {rounds} ...");
+            ours.extend(own(scenario, input, runs));
+            if have_peer {
+                eprintln!(
+                    "running aws-lambda-stream {function} sdk, round {round} of {rounds} ..."
+                );
+                theirs.extend(peer(&peer_dir, function, "sdk", input, runs));
+            }
+        }
+        sdk.push((scenario, ours, theirs));
+    }
+    for (scenario, ours, theirs) in &sdk {
+        rows.push((scenario.to_string(), combined(ours)));
+        if have_peer {
+            let function = scenario.trim_end_matches("-sdk");
+            rows.push((format!("peer-{function}-sdk"), combined(theirs)));
+        }
+    }
+    if have_peer {
+        for (function, input) in [("listener", &kinesis), ("trigger", &dynamodb)] {
+            eprintln!("running aws-lambda-stream {function} stubbed ...");
+            rows.push((
+                format!("peer-{function}-stubbed"),
+                peer(&peer_dir, function, "stubbed", input, runs),
+            ));
+        }
+    }
+    const ORDER: [&str; 11] = [
+        "floor",
+        "routing",
+        "production",
+        "listener-sdk",
+        "trigger-sdk",
+        "listener-sdk-2ms-p4",
+        "listener-sdk-2ms-p8",
+        "peer-listener-stubbed",
+        "peer-listener-sdk",
+        "peer-trigger-stubbed",
+        "peer-trigger-sdk",
+    ];
+    rows.sort_by_key(|(name, _)| ORDER.iter().position(|o| o == name));
     let binary = release.join("listener");
     let cold = if binary.exists() {
         cold_start(&binary)
@@ -570,20 +651,17 @@ fn main() {
     };
     let mut table = String::new();
     table.push_str(&format!(
-        "{records} records, Kinesis payload {size_mb:.1} MB; medians of {runs} runs (3 with latency), release build\n\n"
+        "{records} records, Kinesis payload {size_mb:.1} MB; medians of {runs} runs (3 with latency; with the SDK, of {rounds} rounds of {runs}, ours and the peer's back to back), release build\n\n"
     ));
     table.push_str("| scenario | median ms | min–max ms | calls | peak RSS MB | figure |\n|---|---|---|---|---|---|\n");
     for (name, m) in &rows {
         let figure = match name.as_str() {
             "routing" | "production" => format!("{} the floor", ratio(name, "floor")),
-            "listener-sdk" => format!(
-                "peer with its SDK {} slower",
-                ratio("peer-listener-sdk", "listener-sdk")
-            ),
-            "trigger-sdk" => format!(
-                "peer with its SDK {} slower",
-                ratio("peer-trigger-sdk", "trigger-sdk")
-            ),
+            "listener-sdk" | "trigger-sdk" => sdk
+                .iter()
+                .find(|(s, _, _)| s == name)
+                .map(|(_, ours, theirs)| rounds_ratio(ours, theirs))
+                .unwrap_or_default(),
             n if n.contains("2ms") => match m {
                 Some(m) => {
                     let parallel = if n.ends_with("p8") { 8.0 } else { 4.0 };
