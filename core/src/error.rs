@@ -94,9 +94,30 @@ impl StepError {
     }
 }
 
+/// The most of its message a [`StepError`] displays, in bytes. A message can quote untrusted
+/// input (an event id, a value that failed validation), and the display is what logs and fault
+/// events carry.
+pub(crate) const MESSAGE_BYTES: usize = 500;
+
+/// Displays as `name: message`, the message cut to 500 bytes (saying how long it was).
+///
+/// ```
+/// use lambda_stream::StepError;
+///
+/// let e = StepError::poison_msg("thing.id is missing");
+/// assert_eq!(e.to_string(), "PoisonError: thing.id is missing");
+/// let long = StepError::poison_msg(format!("bad id {}", "x".repeat(10_000)));
+/// assert!(long.to_string().len() < 600);
+/// ```
 impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.name, self.source)
+        let message = self.source.to_string();
+        let shown = crate::faults::truncate(&message, MESSAGE_BYTES);
+        if shown.len() == message.len() {
+            write!(f, "{}: {message}", self.name)
+        } else {
+            write!(f, "{}: {shown}… ({} bytes)", self.name, message.len())
+        }
     }
 }
 

@@ -341,6 +341,15 @@ fn json_len(value: &impl Serialize) -> usize {
     }
 }
 
+/// The most of an id (an event's, a correlation's, an idempotency key) a log line quotes, in
+/// bytes: ids are the sender's, untrusted.
+pub(crate) const ID_BYTES: usize = 200;
+
+/// An id as a log line quotes it: at most [`ID_BYTES`].
+pub(crate) fn quoted(id: &str) -> &str {
+    truncate(id, ID_BYTES)
+}
+
 /// At most `max` bytes of `text` (on a character boundary).
 pub(crate) fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {

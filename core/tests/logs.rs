@@ -35,8 +35,12 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
     );
     let handler = Handler::builder(MemoryFaults::default())
         .pipeline(
-            Pipeline::new("views").map(|_uow: UnitOfWork| -> Result<UnitOfWork, StepError> {
-                Err(StepError::poison_msg("no thing").named("NoThing"))
+            Pipeline::new("views").map(|uow: UnitOfWork| -> Result<UnitOfWork, StepError> {
+                // a message quoting the event's own (here huge) id, as many do
+                Err(
+                    StepError::poison_msg(format!("no thing in {}", uow.event().id))
+                        .named("NoThing"),
+                )
             }),
         )
         .build()
@@ -48,6 +52,11 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
     event
         .fields
         .insert("thing".into(), serde_json::json!({"secret": "s3cr3t"}));
+    // ids are the sender's: a 5 KB one, and a 5 KB correlation id, are quoted in part
+    let huge = format!("x{}", "y".repeat(5_000));
+    let mut long = Event::new(huge.clone(), "thing-updated", 1).with_partition_key("t2");
+    long.tags
+        .insert("correlationId".into(), Value::String(huge.clone()));
     tracing::subscriber::with_default(subscriber, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -59,7 +68,7 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
                 let _entered = span.enter();
                 handler
                     .handle::<sources::Kinesis>(
-                        to_kinesis_records(&[event]),
+                        to_kinesis_records(&[event, long]),
                         &context(Duration::from_secs(30)),
                     )
                     .await
@@ -72,6 +81,17 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .find(|l| l["fields"]["message"] == "fault")
         .unwrap_or_else(|| panic!("no fault line in {text}"));
+    let long = text
+        .lines()
+        .find(|l| l.contains("\"message\":\"fault\"") && l.contains("xyyy"))
+        .unwrap_or_else(|| panic!("no fault line for the long id in {text}"));
+    assert!(long.len() < 1_500, "{} bytes: {long}", long.len());
+    let long: Value = serde_json::from_str(long).unwrap();
+    assert_eq!(long["fields"]["event"], huge[..200]);
+    assert_eq!(long["fields"]["correlation"], huge[..200]);
+    let error = long["fields"]["error"].as_str().unwrap();
+    assert!(error.starts_with("NoThing: no thing in xyyy"), "{error}");
+    assert!(error.ends_with("… (5013 bytes)"), "{error}");
     assert_eq!(fault["fields"]["pipeline"], "views");
     assert_eq!(fault["fields"]["event"], "e1");
     assert_eq!(fault["fields"]["correlation"], "request-42");

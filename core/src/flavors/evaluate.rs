@@ -251,7 +251,7 @@ impl IntoPipeline for Evaluate {
                             .db()
                             .put(store.table(), &Value::Object(item), Some(&condition))
                             .await?;
-                        tracing::debug!(id = %event.id, ?written, "match stored");
+                        tracing::debug!(id = %crate::faults::quoted(&event.id), ?written, "match stored");
                     }
                     Ok::<_, StepError>(uow.with(()))
                 }

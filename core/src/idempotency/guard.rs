@@ -133,11 +133,11 @@ impl Guard {
             .map(|p| hex(&Sha256::digest(p(&u))));
         let id = format!("{}#{key}", self.pipeline);
         if !lock(claims).ids.insert(id.clone()) {
-            tracing::debug!(pipeline = %self.pipeline, %id, "duplicate in this batch: done");
+            tracing::debug!(pipeline = %self.pipeline, id = %crate::faults::quoted(&id), "duplicate in this batch: done");
             return Ok(u.with(Admitted::Done));
         }
         if self.seen(&id, now_ms()) {
-            tracing::debug!(pipeline = %self.pipeline, %id, "completed before (cached): done");
+            tracing::debug!(pipeline = %self.pipeline, id = %crate::faults::quoted(&id), "completed before (cached): done");
             return Ok(u.with(Admitted::Done));
         }
         let owner = claim_token();
@@ -178,7 +178,7 @@ impl Guard {
             match lapses {
                 Some(left) if !ctx.deadline.passed() => {
                     let wait = backoff.min(left + Duration::from_millis(10));
-                    tracing::debug!(pipeline = %self.pipeline, %id, ?wait, "in progress elsewhere; its lock lapses before ours");
+                    tracing::debug!(pipeline = %self.pipeline, id = %crate::faults::quoted(&id), ?wait, "in progress elsewhere; its lock lapses before ours");
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -197,7 +197,7 @@ impl Guard {
                 Ok(u.with(Admitted::Run))
             }
             Decision::Skip => {
-                tracing::debug!(pipeline = %self.pipeline, %id, "completed before: done");
+                tracing::debug!(pipeline = %self.pipeline, id = %crate::faults::quoted(&id), "completed before: done");
                 self.remember(id, &claim);
                 Ok(u.with(Admitted::Done))
             }
@@ -277,7 +277,7 @@ impl Guard {
         };
         for (id, owner) in &uncertain {
             if let Err(e) = self.idem.store.release(id, owner).await {
-                tracing::warn!(pipeline = %self.pipeline, %id, error = %truncate(&e.to_string(), REASON_BYTES), "a claim whose answer was lost may hold its lock until the invocation's end");
+                tracing::warn!(pipeline = %self.pipeline, id = %crate::faults::quoted(id), error = %truncate(&e.to_string(), REASON_BYTES), "a claim whose answer was lost may hold its lock until the invocation's end");
             }
         }
         if taken.is_empty() {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::deadline::Deadline;
 use crate::error::{ErrorClass, StepError};
+use crate::faults::quoted;
 use crate::outcome::{Outcome, Transformed};
 use crate::settings::Settings;
 use crate::uow::{Anchor, Work, anchor_of};
@@ -230,8 +231,9 @@ impl RunCtx {
         let first = anchor.first().map(|o| &o.event);
         tracing::warn!(
             pipeline = %self.pipeline,
-            event = first.map_or("", |e| e.id.as_str()),
-            correlation = first.map_or("", |e| e.correlation_id()),
+            // both are the event's own, untrusted: quoted at most in part
+            event = first.map_or("", |e| quoted(&e.id)),
+            correlation = first.map_or("", |e| quoted(e.correlation_id())),
             error = %err,
             records = anchor.len(),
             "fault"
@@ -250,8 +252,9 @@ impl RunCtx {
         let first = anchor.first().map(|o| &o.event);
         tracing::debug!(
             pipeline = %self.pipeline,
-            event = first.map_or("", |e| e.id.as_str()),
-            correlation = first.map_or("", |e| e.correlation_id()),
+            // both are the event's own, untrusted: quoted at most in part
+            event = first.map_or("", |e| quoted(&e.id)),
+            correlation = first.map_or("", |e| quoted(e.correlation_id())),
             %reason,
             records = anchor.len(),
             "retry"

@@ -180,7 +180,7 @@ impl<R: TableWrite> Step<UnitOfWork<R>> for Write<R> {
                     let table = uow.state.table().unwrap_or(&table);
                     let written = uow.state.write(uow.event(), &db, table).await?;
                     if written == Written::Stale {
-                        tracing::debug!(id = %uow.event().id, "stale write skipped");
+                        tracing::debug!(id = %crate::faults::quoted(&uow.event().id), "stale write skipped");
                     }
                     Ok(uow.with(written))
                 }
@@ -236,7 +236,7 @@ async fn write_once<R: TableWrite>(
     };
     if failed_condition(reasons.first()) && request.stale_on_condition_failure() {
         // a newer version is stored: nothing to write, and the guard completes the claim
-        tracing::debug!(%id, "stale write skipped");
+        tracing::debug!(id = %crate::faults::quoted(id), "stale write skipped");
         return Ok(Written::Stale);
     }
     if failed_condition(reasons.get(1)) {
@@ -246,7 +246,7 @@ async fn write_once<R: TableWrite>(
             .and_then(|i| i.get("status"))
             .and_then(|v| v.as_s().ok());
         if status.map(String::as_str) == Some(Status::Completed.as_str()) {
-            tracing::warn!(%id, "completed in another invocation: not written again");
+            tracing::warn!(id = %crate::faults::quoted(id), "completed in another invocation: not written again");
             return Ok(Written::Stale);
         }
         return Err(StepError::poison_msg(format!(
