@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::breaker::CircuitBreaker;
 use crate::claimcheck::ClaimCheckStore;
 use crate::deadline::{self, Deadline};
-use crate::delivery;
+use crate::delivery::{self, Redelivery};
 use crate::encryption::Envelope;
 use crate::error::{BatchError, StepError};
 use crate::event::FaultEvent;
@@ -59,6 +59,16 @@ pub enum ConfigError {
         /// What is wrong with its value.
         reason: String,
     },
+}
+
+/// What one window of a batch leaves the next.
+#[derive(Default)]
+struct Carry {
+    /// The keys a retry blocked: `[0]` shared by the pipelines in key order, `[1 + i]`
+    /// pipeline `i`'s own otherwise. Empty until the first window runs.
+    blocked: Vec<Arc<Blocked>>,
+    /// The invocation's metrics so far.
+    metrics: Option<InvocationMetrics>,
 }
 
 /// What one invocation knows about itself.
@@ -414,9 +424,8 @@ impl Handler {
         ctx: &Context,
     ) -> Result<S::Response, BatchError> {
         let invocation = self.start(ctx)?;
-        let outcomes = self
-            .process(S::decode(event.into(), &self.decode), &invocation)
-            .await;
+        let windows = S::windows(event.into(), self.settings.window);
+        let outcomes = self.process_windows::<S>(windows, &invocation).await;
         if let Some(breaker) = &self.breaker {
             let observe = breaker.observe(&outcomes, &invocation.function_name);
             match invocation.deadline.publish_by() {
@@ -433,8 +442,94 @@ impl Handler {
 
     /// Runs decoded records through every pipeline that accepts them, publishes the faults and
     /// returns every record's outcome.
-    pub async fn process(&self, mut decoded: Decoded, invocation: &Invocation) -> Outcomes {
+    pub async fn process(&self, decoded: Decoded, invocation: &Invocation) -> Outcomes {
         let started = std::time::Instant::now();
+        let source = decoded.source;
+        let mut carry = Carry::default();
+        let outcomes = self.run_window(decoded, invocation, &mut carry).await;
+        self.report(source, &outcomes, carry.metrics, started);
+        outcomes
+    }
+
+    /// Decodes and runs each window when the one before it has ended (see
+    /// [`Settings::window`]), carrying what a window leaves the next: the keys a retry blocked
+    /// and the invocation's metrics.
+    async fn process_windows<S: Source>(
+        &self,
+        windows: Vec<S::Event>,
+        invocation: &Invocation,
+    ) -> Outcomes {
+        let started = std::time::Instant::now();
+        let mut carry = Carry::default();
+        let mut all: Option<Outcomes> = None;
+        let mut source = "";
+        // a stream delivers again every record from its checkpoint on: once a window leaves a
+        // record to retry, every later one comes back, and running it now would raise its
+        // faults twice
+        let mut checkpointed = false;
+        for (i, window) in windows.into_iter().enumerate() {
+            let decoded = S::decode(window, &self.decode);
+            source = decoded.source;
+            // the first window runs whatever the time: the pipelines say what did not start
+            let outcomes = if i > 0 && (checkpointed || invocation.deadline.passed()) {
+                Outcomes::all_retry(decoded.records)
+            } else {
+                self.run_window(decoded, invocation, &mut carry).await
+            };
+            checkpointed |= S::REDELIVERY == Redelivery::FromCheckpoint
+                && outcomes.outcomes.contains(&Outcome::Retry);
+            match &mut all {
+                Some(all) => all.append(outcomes),
+                None => all = Some(outcomes),
+            }
+        }
+        let outcomes = all.unwrap_or_else(|| Outcomes::all_retry(Vec::new()));
+        self.report(source, &outcomes, carry.metrics, started);
+        outcomes
+    }
+
+    /// Logs the batch's outcomes and writes its metrics documents.
+    fn report(
+        &self,
+        source: &'static str,
+        outcomes: &Outcomes,
+        metrics: Option<InvocationMetrics>,
+        started: std::time::Instant,
+    ) {
+        let s = outcomes.summary();
+        tracing::info!(
+            source,
+            records = s.records,
+            done = s.done,
+            faulted = s.faulted,
+            retry = s.retry,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch processed"
+        );
+        if let Some(mut m) = metrics {
+            (m.done, m.faulted, m.retry) = (s.done, s.faulted, s.retry);
+            m.time_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let tags = self.settings.standard_tags();
+            match &self.metrics_out {
+                Some(out) => {
+                    let mut out = out
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    m.write(&self.settings.metrics, &tags, &mut *out);
+                }
+                None => m.write(&self.settings.metrics, &tags, &mut std::io::stdout().lock()),
+            }
+        }
+    }
+
+    /// Runs one window's decoded records through the pipelines, publishes its faults and
+    /// returns its records' outcomes; its metrics are added to `carry`'s.
+    async fn run_window(
+        &self,
+        mut decoded: Decoded,
+        invocation: &Invocation,
+        carry: &mut Carry,
+    ) -> Outcomes {
         let mut metrics = self
             .settings
             .metrics
@@ -455,16 +550,17 @@ impl Handler {
         }
 
         let deadline = invocation.deadline;
-        let shared_blocked = Arc::new(Blocked::default());
+        // [0] shared by the pipelines in key order, [1 + i] pipeline i's own
+        if carry.blocked.is_empty() {
+            carry.blocked = (0..=self.pipelines.len())
+                .map(|_| Arc::new(Blocked::default()))
+                .collect();
+        }
         let mut ctxs = Vec::with_capacity(self.pipelines.len());
         let mut accepted: Vec<Vec<UnitOfWork>> = Vec::with_capacity(self.pipelines.len());
         let mut takers: Vec<Takers> = vec![Takers::new(); decoded.units.len()];
         for (i, p) in self.pipelines.iter().enumerate() {
-            let blocked = if self.key_order {
-                Arc::clone(&shared_blocked)
-            } else {
-                Arc::new(Blocked::default())
-            };
+            let blocked = Arc::clone(&carry.blocked[if self.key_order { 0 } else { 1 + i }]);
             let ctx = Arc::new(RunCtx::new(
                 Arc::clone(&p.id),
                 deadline,
@@ -659,36 +755,17 @@ impl Handler {
             }
         }
 
-        let outcomes = Outcomes {
+        if let Some(m) = metrics {
+            match &mut carry.metrics {
+                Some(all) => all.absorb(m),
+                None => carry.metrics = Some(m),
+            }
+        }
+        Outcomes {
             outcomes,
             records: decoded.records,
             answers,
-        };
-        let s = outcomes.summary();
-        tracing::info!(
-            source = decoded.source,
-            records = s.records,
-            done = s.done,
-            faulted = s.faulted,
-            retry = s.retry,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "batch processed"
-        );
-        if let Some(mut m) = metrics {
-            (m.done, m.faulted, m.retry) = (s.done, s.faulted, s.retry);
-            m.time_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let tags = self.settings.standard_tags();
-            match &self.metrics_out {
-                Some(out) => {
-                    let mut out = out
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    m.write(&self.settings.metrics, &tags, &mut *out);
-                }
-                None => m.write(&self.settings.metrics, &tags, &mut std::io::stdout().lock()),
-            }
         }
-        outcomes
     }
 
     /// Publishes the faults of records Lambda will not deliver again (the others are raised

@@ -151,6 +151,38 @@ impl InvocationMetrics {
     }
 }
 
+impl InvocationMetrics {
+    /// Adds a later window's figures to these: counts and times summed, the oldest record's
+    /// age kept (each window's is measured as it begins).
+    pub(crate) fn absorb(&mut self, later: InvocationMetrics) {
+        self.records += later.records;
+        self.bytes += later.bytes;
+        self.iterator_age_ms = self.iterator_age_ms.max(later.iterator_age_ms);
+        self.done += later.done;
+        self.faulted += later.faulted;
+        self.retry += later.retry;
+        self.time_ms += later.time_ms;
+        for (id, p) in later.pipelines {
+            let mine = self.pipelines.entry(id).or_default();
+            mine.units += p.units;
+            mine.done += p.done;
+            mine.faulted += p.faulted;
+            mine.retry += p.retry;
+            mine.time_ms += p.time_ms;
+        }
+        for (mine, theirs) in [
+            (&mut self.faults_by_error, later.faults_by_error),
+            (&mut self.retries_by_error, later.retries_by_error),
+        ] {
+            for (name, n) in theirs {
+                for _ in 0..n {
+                    count_error(mine, &name);
+                }
+            }
+        }
+    }
+}
+
 static WARM: AtomicBool = AtomicBool::new(false);
 
 /// True the first time it is called in a process: the invocation is a cold start.

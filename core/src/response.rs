@@ -44,6 +44,32 @@ const FIREHOSE_DROPPED: &str = "Dropped";
 const FIREHOSE_PROCESSING_FAILED: &str = "ProcessingFailed";
 
 impl Outcomes {
+    /// Every one of `records` to retry: a window not run (a stream's after a checkpoint, or
+    /// any once the deadline passed).
+    pub(crate) fn all_retry(records: Vec<Arc<SourceRecord>>) -> Self {
+        Outcomes {
+            outcomes: vec![Outcome::Retry; records.len()],
+            records,
+            answers: Vec::new(),
+        }
+    }
+
+    /// `later`'s records after these (the next window's).
+    pub(crate) fn append(&mut self, later: Outcomes) {
+        let before = self.outcomes.len();
+        if !self.answers.is_empty() || !later.answers.is_empty() {
+            self.answers.resize_with(before, || None);
+            if later.answers.is_empty() {
+                self.answers
+                    .resize_with(before + later.outcomes.len(), || None);
+            } else {
+                self.answers.extend(later.answers);
+            }
+        }
+        self.outcomes.extend(later.outcomes);
+        self.records.extend(later.records);
+    }
+
     /// Outcomes by batch position.
     pub fn outcomes(&self) -> &[Outcome] {
         &self.outcomes

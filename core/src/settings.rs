@@ -24,6 +24,7 @@ use crate::metrics::MetricsConfig;
 /// | `PARALLEL` | `parallel` | 4 |
 /// | `UPDATE_PARALLEL`, `PUT_PARALLEL`, `PUBLISH_PARALLEL`, `INVOKE_PARALLEL` | `*_parallel` | `parallel` |
 /// | `BATCH_SIZE` | `batch_size` | the API's maximum |
+/// | `WINDOW_RECORDS` | `window` | 500 |
 /// | `DEADLINE_MARGIN_MS` | `deadline_margin` | 1000 ms |
 /// | `ENABLED_PIPELINES`, `DISABLED_PIPELINES` | `enabled_pipelines`, `disabled_pipelines` | all, none |
 /// | `ENTITY_TABLE_NAME` | `entity_table` | empty |
@@ -64,6 +65,13 @@ pub struct Settings {
     pub account_name: Option<String>,
     /// How many keys async steps run at once, unless a pipeline says otherwise.
     pub parallel: usize,
+    /// Records decoded and run through the pipelines at a time: a stream or SQS batch larger
+    /// than this is taken in windows, one after another, each decoded just before it runs.
+    /// A window's events are still in cache when its pipelines read them, and only one
+    /// window's are in memory at once; each window ends before the next starts, so a key's
+    /// order holds across them. Sources that Lambda delivers again whole (SNS, S3, EventBridge,
+    /// Firehose, schedules, alarms) run in one window.
+    pub window: usize,
     /// Concurrent writes of the `update` sink.
     pub update_parallel: Option<usize>,
     /// Concurrent writes of the `put` sinks.
@@ -153,6 +161,7 @@ impl Default for Settings {
             stage: None,
             account_name: None,
             parallel: 4,
+            window: 500,
             update_parallel: None,
             put_parallel: None,
             publish_parallel: None,
@@ -212,6 +221,7 @@ impl Settings {
             stage: var("STAGE"),
             account_name: var("ACCOUNT_NAME"),
             parallel: count("PARALLEL").unwrap_or(d.parallel),
+            window: count("WINDOW_RECORDS").unwrap_or(d.window),
             update_parallel: count("UPDATE_PARALLEL"),
             put_parallel: count("PUT_PARALLEL"),
             publish_parallel: count("PUBLISH_PARALLEL"),

@@ -50,6 +50,14 @@ pub trait Source: Send + Sync + 'static {
     fn event(payload: &bytes::Bytes) -> serde_json::Result<Self::Event> {
         serde_json::from_slice(payload)
     }
+    /// The event cut into windows of at most `size` records, in order, each decoded and run
+    /// when the one before it has ended (see [`Settings::window`](crate::Settings::window)).
+    /// By default one window: a source Lambda delivers again whole keeps it, since a fault
+    /// published by an early window would be raised again when a later one fails the event.
+    fn windows(event: Self::Event, size: usize) -> Vec<Self::Event> {
+        let _ = size;
+        vec![event]
+    }
     /// The event's records as units of work; the ones that do not decode become faults.
     fn decode(event: Self::Event, options: &DecodeOptions) -> Decoded;
     /// The answer from every record's outcome (consumed: what pipelines answered moves into
@@ -64,6 +72,9 @@ pub struct Kinesis;
 
 impl Source for Kinesis {
     type Event = KinesisRecords;
+    fn windows(event: KinesisRecords, size: usize) -> Vec<KinesisRecords> {
+        event.windows(size)
+    }
     fn event(payload: &bytes::Bytes) -> serde_json::Result<KinesisRecords> {
         KinesisRecords::from_bytes(payload)
     }
@@ -83,6 +94,9 @@ pub struct DynamoDb;
 
 impl Source for DynamoDb {
     type Event = DynamoDbRecords;
+    fn windows(event: DynamoDbRecords, size: usize) -> Vec<DynamoDbRecords> {
+        event.windows(size)
+    }
     fn event(payload: &bytes::Bytes) -> serde_json::Result<DynamoDbRecords> {
         DynamoDbRecords::from_bytes(payload)
     }
@@ -103,6 +117,9 @@ pub struct Sqs;
 
 impl Source for Sqs {
     type Event = SqsRecords;
+    fn windows(event: SqsRecords, size: usize) -> Vec<SqsRecords> {
+        event.windows(size)
+    }
     fn event(payload: &bytes::Bytes) -> serde_json::Result<SqsRecords> {
         SqsRecords::from_bytes(payload)
     }
@@ -122,6 +139,9 @@ pub struct SqsSnsS3;
 
 impl Source for SqsSnsS3 {
     type Event = SqsRecords;
+    fn windows(event: SqsRecords, size: usize) -> Vec<SqsRecords> {
+        event.windows(size)
+    }
     fn event(payload: &bytes::Bytes) -> serde_json::Result<SqsRecords> {
         SqsRecords::from_bytes(payload)
     }

@@ -223,6 +223,35 @@ pub struct Records<R> {
     pub records: Vec<Lenient<R>>,
 }
 
+impl<R> Records<R> {
+    /// The records in windows of at most `size` (at least one record each), in order; one
+    /// window, itself, when they fit.
+    ///
+    /// ```
+    /// use lambda_stream::{Event, sources::KinesisRecords, testing::to_kinesis_records};
+    ///
+    /// let events: Vec<Event> = (0..5).map(|i| Event::new(i.to_string(), "t", 1)).collect();
+    /// let windows = KinesisRecords::from(to_kinesis_records(&events)).windows(2);
+    /// let sizes: Vec<usize> = windows.iter().map(|w| w.records.len()).collect();
+    /// assert_eq!(sizes, [2, 2, 1]);
+    /// ```
+    pub fn windows(self, size: usize) -> Vec<Records<R>> {
+        let size = size.max(1);
+        if self.records.len() <= size {
+            return vec![self];
+        }
+        let mut windows = Vec::with_capacity(self.records.len().div_ceil(size));
+        let mut records = self.records.into_iter();
+        loop {
+            let window: Vec<Lenient<R>> = records.by_ref().take(size).collect();
+            if window.is_empty() {
+                return windows;
+            }
+            windows.push(Records { records: window });
+        }
+    }
+}
+
 impl<'de, R: Relaxed> Deserialize<'de> for Records<R> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

@@ -1,0 +1,257 @@
+//! A batch taken in windows (`Settings::window`): each window decoded and run when the one
+//! before has ended. Nothing lost, nothing doubled, a key's order kept across windows; a
+//! stream's checkpoint and a key blocked by a retry hold across them; one metrics document.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lambda_stream::testing::*;
+use lambda_stream::{Event, Handler, Pipeline, Settings, StepError, UnitOfWork, sources};
+use serde_json::Value;
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn settings(window: usize, metrics: &str) -> Settings {
+    let metrics = metrics.to_owned();
+    Settings::from_vars(move |v| match v {
+        "WINDOW_RECORDS" => Some(window.to_string()),
+        "METRICS" => Some(metrics.clone()),
+        _ => None,
+    })
+}
+
+/// A pipeline logging each unit it applies (after a pause that varies by id, so a key's later
+/// unit would overtake an earlier one were they not ordered); ids starting with `retry` fail
+/// transiently, with `poison` for good.
+fn applying(log: &Log) -> Pipeline<UnitOfWork> {
+    let log = log.clone();
+    Pipeline::new("apply")
+        .parallel(4)
+        .then(move |uow: UnitOfWork| {
+            let log = log.clone();
+            async move {
+                let id = uow.event().id.clone();
+                let pause = 1 + (id.len() as u64 * 7 + id.bytes().map(u64::from).sum::<u64>()) % 13;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                if id.starts_with("retry") {
+                    return Err(StepError::transient("throttled"));
+                }
+                if id.starts_with("poison") {
+                    return Err(StepError::poison_msg("bad thing"));
+                }
+                log.lock().unwrap().push(id);
+                Ok(uow)
+            }
+        })
+}
+
+/// `per_key` events on each of `keys` keys, interleaved as a stream would deliver them.
+fn events(keys: usize, per_key: usize) -> Vec<Event> {
+    (0..keys * per_key)
+        .map(|i| {
+            let (key, n) = (i % keys, i / keys);
+            Event::new(format!("k{key}-{n}"), "thing-updated", i as i64 + 1)
+                .with_partition_key(format!("k{key}"))
+        })
+        .collect()
+}
+
+fn by_key(log: &[String]) -> BTreeMap<String, Vec<usize>> {
+    let mut keys: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for id in log {
+        let (key, n) = id.split_once('-').unwrap();
+        keys.entry(key.to_owned())
+            .or_default()
+            .push(n.parse().unwrap());
+    }
+    keys
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keys_records_are_applied_once_each_in_order_across_windows() {
+    for window in [1, 3, 7, 500] {
+        let log: Log = Default::default();
+        let handler = Handler::builder(MemoryFaults::default())
+            .settings(&settings(window, ""))
+            .in_key_order()
+            .pipeline(applying(&log))
+            .build()
+            .unwrap();
+        // 5 keys × 12 events: windows of 3 cut every key's run many times
+        let response = handler
+            .handle::<sources::Kinesis>(
+                to_kinesis_records(&events(5, 12)),
+                &context(Duration::from_secs(900)),
+            )
+            .await
+            .unwrap();
+        assert!(response.batch_item_failures.is_empty(), "window {window}");
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 60, "window {window}: each applied once");
+        for (key, order) in by_key(&log) {
+            assert_eq!(order, (0..12).collect::<Vec<_>>(), "window {window}, {key}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_retry_sends_every_later_window_back_unrun_and_unfaulted() {
+    let log: Log = Default::default();
+    let faults = Arc::new(MemoryFaults::default());
+    let handler = Handler::builder(faults.clone())
+        .settings(&settings(4, ""))
+        .in_key_order()
+        .pipeline(applying(&log))
+        .build()
+        .unwrap();
+    let mut events = events(4, 4);
+    // the 6th record (second window) is retried; a poison record in the last window
+    events[5].id = "retry-k1".into();
+    events[14].id = "poison-k2".into();
+    let batch = to_kinesis_records(&events);
+    let sixth = batch.records[5].kinesis.sequence_number.clone();
+    let response = handler
+        .handle::<sources::Kinesis>(batch, &context(Duration::from_secs(900)))
+        .await
+        .unwrap();
+    // Lambda delivers again from the retried record on
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(
+        response.batch_item_failures[0].item_identifier.as_deref(),
+        Some(sixth.as_str())
+    );
+    let log = log.lock().unwrap();
+    // the first window whole, the second but its retried record; the rest come back unrun
+    let applied: Vec<&str> = log.iter().map(String::as_str).collect();
+    for id in ["k0-0", "k1-0", "k2-0", "k3-0", "k0-1", "k2-1", "k3-1"] {
+        assert!(applied.contains(&id), "{id} not applied: {applied:?}");
+    }
+    assert_eq!(applied.len(), 7, "{applied:?}");
+    // its fault would be raised again when the record comes back: not published now
+    assert!(faults.published().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn sqs_windows_run_on_after_a_retry_and_its_key_stays_blocked() {
+    let log: Log = Default::default();
+    let faults = Arc::new(MemoryFaults::default());
+    let handler = Handler::builder(faults.clone())
+        .settings(&settings(3, ""))
+        .in_key_order()
+        .pipeline(applying(&log))
+        .build()
+        .unwrap();
+    // groups a and b, 5 messages each, alternating; a's second is retried (first window), and
+    // b's last is poison (last window)
+    let mut events = Vec::new();
+    for n in 0..5 {
+        for g in ["a", "b"] {
+            let id = match (g, n) {
+                ("a", 1) => "retry-a".to_owned(),
+                ("b", 4) => "poison-b".to_owned(),
+                _ => format!("{g}-{n}"),
+            };
+            events.push((g, Event::new(id, "thing-updated", 1).with_partition_key(g)));
+        }
+    }
+    let fifo: Vec<(&str, Event)> = events.iter().map(|(g, e)| (*g, e.clone())).collect();
+    let batch = to_sqs_fifo_records(&fifo);
+    let ids: Vec<String> = batch
+        .records
+        .iter()
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    let response = handler
+        .handle::<sources::Sqs>(batch, &context(Duration::from_secs(900)))
+        .await
+        .unwrap();
+    let retried: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    // a's retried message and every later one of a, in whatever window
+    let expected: Vec<&str> = [2, 4, 6, 8].iter().map(|&i| ids[i].as_str()).collect();
+    assert_eq!(retried, expected);
+    let log = log.lock().unwrap();
+    assert_eq!(by_key(&log)["b"], [0, 1, 2, 3], "{log:?}");
+    assert_eq!(by_key(&log)["a"], [0], "{log:?}");
+    // a later window's fault is published: SQS delivers again only what is reported
+    let published = faults.published();
+    assert_eq!(published.len(), 1);
+    let fault = serde_json::to_value(&published[0]).unwrap();
+    assert_eq!(fault["uow"]["record"]["messageId"], ids[9], "{fault}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn windows_not_started_by_the_deadline_come_back() {
+    let log: Log = Default::default();
+    let handler = Handler::builder(MemoryFaults::default())
+        .settings(&settings(2, ""))
+        .pipeline(applying(&log))
+        .build()
+        .unwrap();
+    let events: Vec<Event> = (0..6)
+        .map(|i| {
+            Event::new(format!("k{i}-0"), "thing-updated", 1).with_partition_key(format!("k{i}"))
+        })
+        .collect();
+    let batch = to_sqs_records(&events);
+    let ids: Vec<String> = batch
+        .records
+        .iter()
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    // 1 s kept back of 1.005 s: work may start for 5 ms, within the first window's pauses
+    let response = handler
+        .handle::<sources::Sqs>(batch, &context(Duration::from_millis(1_005)))
+        .await
+        .unwrap();
+    let retried: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    let later: Vec<&str> = ids[2..].iter().map(String::as_str).collect();
+    assert_eq!(retried, later);
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_windowed_batch_is_one_metrics_document_per_family() {
+    let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let log: Log = Default::default();
+    let handler = Handler::builder(MemoryFaults::default())
+        .settings(&settings(3, "batch,pipeline"))
+        .pipeline(applying(&log))
+        .metrics_to(Arc::clone(&out))
+        .build()
+        .unwrap();
+    let mut events = events(7, 1);
+    events[6].id = "poison-k6".into();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            handler
+                .handle::<sources::Sqs>(to_sqs_records(&events), &context(Duration::from_secs(30)))
+                .await
+                .unwrap();
+        });
+    let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+    let docs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "{docs:#?}");
+    let batch = &docs[0];
+    assert_eq!(batch["stream.batch.size"], 7);
+    assert_eq!(batch["stream.record.done.count"], 6);
+    assert_eq!(batch["stream.record.faulted.count"], 1);
+    let apply = docs.iter().find(|d| d["pipeline"] == "apply").unwrap();
+    assert_eq!(apply["stream.pipeline.uow.count"], 7);
+    assert_eq!(apply["stream.pipeline.done.count"], 6);
+    assert_eq!(apply["stream.pipeline.faulted.count"], 1);
+}
