@@ -72,8 +72,8 @@ pub fn from_dynamodb(batch: impl Into<DynamoDbRecords>, opts: &DynamoDbOptions) 
         <super::DynamoDb as super::Source>::REDELIVERY,
         super::Payload::Rows,
         batch.into(),
-        |out, mut record| {
-            let decoded = decode(&mut record, opts);
+        |out, record| {
+            let decoded = decode(&record, opts);
             let (index, shared) = out.push_record(SourceRecord::DynamoDb(record));
             match decoded {
                 Ok(Some((event, latched))) => {
@@ -86,12 +86,12 @@ pub fn from_dynamodb(batch: impl Into<DynamoDbRecords>, opts: &DynamoDbOptions) 
     )
 }
 
-/// The record's change event; its images move into the event's `raw`.
+/// The record's change event; its images, read from its JSON, go into the event's `raw`.
 fn decode(
-    record: &mut DynamoDbRecord,
+    record: &DynamoDbRecord,
     opts: &DynamoDbOptions,
 ) -> Result<Option<(Event, bool)>, String> {
-    let (new, old) = record.take_images();
+    let (new, old) = record.images()?;
     let (new, old) = (new.unwrap_or_default(), old.unwrap_or_default());
     // a record skipped is skipped whatever else its image holds
     if let Some(region) = &opts.region {

@@ -7,6 +7,7 @@
 //! twice until the invocation ended.
 
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -48,8 +49,10 @@ pub struct DynamoDbRecord {
     size_bytes: i64,
     created_millis: i64,
     ttl_expiry: bool,
-    new_image: Option<Image>,
-    old_image: Option<Image>,
+    /// Where in `raw` the new and old images are: each is read when the record is decoded,
+    /// so a batch taken in windows holds one window's images at a time.
+    new_image: Option<Range<usize>>,
+    old_image: Option<Range<usize>>,
 }
 
 /// An image as plain JSON, and why it is not whole when it is not: an attribute JSON cannot
@@ -78,15 +81,23 @@ impl DynamoDbRecord {
     /// Parses a record from its JSON, keeping the JSON; on failure, the JSON comes back with
     /// the error.
     pub(crate) fn from_raw(raw: Box<RawValue>) -> Result<Self, (Box<RawValue>, serde_json::Error)> {
-        let wire: Wire = match serde_json::from_str(raw.get()) {
-            Ok(wire) => wire,
-            Err(e) => return Err((raw, e)),
-        };
-        let raw: Box<str> = raw.into();
-        Ok(DynamoDbRecord::from_wire(
-            wire,
-            Bytes::from(raw.into_boxed_bytes()),
-        ))
+        let text: Box<str> = raw.into();
+        let bytes = Bytes::from(text.into_boxed_bytes());
+        // the bytes were a `str` a moment ago
+        let text = std::str::from_utf8(&bytes).unwrap_or_default();
+        match serde_json::from_str::<Wire>(text) {
+            Ok(wire) => {
+                let images = (
+                    span(text, wire.dynamodb.new_image),
+                    span(text, wire.dynamodb.old_image),
+                );
+                Ok(DynamoDbRecord::from_wire(wire, bytes.clone(), images))
+            }
+            Err(e) => match RawValue::from_string(text.to_owned()) {
+                Ok(raw) => Err((raw, e)),
+                Err(other) => Err((RawValue::NULL.to_owned(), other)),
+            },
+        }
     }
 
     /// Parses the record that starts at `start` of a whole payload (`text` is the payload), in
@@ -95,10 +106,19 @@ impl DynamoDbRecord {
         let (wire, end) = super::value_at::<Wire>(text, start)?;
         // `text` is `payload` as text; a caller that passes other text gets nothing, not a panic
         let raw = (text.len() == payload.len()).then(|| payload.slice(start..end))?;
-        Some((DynamoDbRecord::from_wire(wire, raw), end))
+        let record = text.get(start..end)?;
+        let images = (
+            span(record, wire.dynamodb.new_image),
+            span(record, wire.dynamodb.old_image),
+        );
+        Some((DynamoDbRecord::from_wire(wire, raw, images), end))
     }
 
-    fn from_wire(wire: Wire, raw: Bytes) -> Self {
+    fn from_wire(
+        wire: Wire<'_>,
+        raw: Bytes,
+        (new_image, old_image): (Option<Range<usize>>, Option<Range<usize>>),
+    ) -> Self {
         let change = wire.dynamodb;
         DynamoDbRecord {
             raw,
@@ -114,8 +134,8 @@ impl DynamoDbRecord {
                 u.kind.as_deref() == Some("Service")
                     && u.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
             }),
-            new_image: change.new_image.map(|i| i.0),
-            old_image: change.old_image.map(|i| i.0),
+            new_image,
+            old_image,
         }
     }
 
@@ -170,9 +190,21 @@ impl DynamoDbRecord {
         std::str::from_utf8(&self.raw).unwrap_or_default()
     }
 
-    /// The new and old images, moved out: the source puts them into the event.
-    pub(crate) fn take_images(&mut self) -> (Option<Image>, Option<Image>) {
-        (self.new_image.take(), self.old_image.take())
+    /// The new and old images, read from the record's JSON: the source puts them into the
+    /// event. What is not DynamoDB JSON fails the record, naming the image.
+    pub(crate) fn images(&self) -> Result<(Option<Image>, Option<Image>), String> {
+        let read = |span: &Option<Range<usize>>, name: &str| -> Result<Option<Image>, String> {
+            let Some(text) = span.as_ref().and_then(|s| self.raw().get(s.clone())) else {
+                return Ok(None);
+            };
+            serde_json::from_str::<Option<ImageJson>>(text)
+                .map(|image| image.map(|i| i.0))
+                .map_err(|e| format!("{name} is not DynamoDB JSON: {e}"))
+        };
+        Ok((
+            read(&self.new_image, "NewImage")?,
+            read(&self.old_image, "OldImage")?,
+        ))
     }
 }
 
@@ -191,9 +223,18 @@ impl<'de> Deserialize<'de> for DynamoDbRecord {
     }
 }
 
-/// The fields read, as Lambda delivers them.
+/// Where `image` (read from `record`) lies in `record`.
+fn span(record: &str, image: Option<&RawValue>) -> Option<Range<usize>> {
+    let image = image?.get();
+    let start = (image.as_ptr() as usize).checked_sub(record.as_ptr() as usize)?;
+    let span = start..start + image.len();
+    record.get(span.clone()).map(|_| span)
+}
+
+/// The fields read, as Lambda delivers them; the images are only found, and read when the
+/// record is decoded.
 #[derive(Deserialize)]
-struct Wire {
+struct Wire<'a> {
     #[serde(rename = "eventID")]
     event_id: String,
     #[serde(rename = "eventName")]
@@ -205,7 +246,8 @@ struct Wire {
     aws_region: Option<String>,
     #[serde(rename = "userIdentity", default)]
     user_identity: Option<Identity>,
-    dynamodb: Change,
+    #[serde(borrow)]
+    dynamodb: Change<'a>,
 }
 
 #[derive(Deserialize)]
@@ -217,15 +259,15 @@ struct Identity {
 }
 
 #[derive(Deserialize)]
-struct Change {
+struct Change<'a> {
     #[serde(rename = "ApproximateCreationDateTime", default)]
     created: Option<f64>,
     #[serde(rename = "Keys", default)]
     keys: Option<serde_dynamo::Item>,
-    #[serde(rename = "NewImage", default)]
-    new_image: Option<ImageJson>,
-    #[serde(rename = "OldImage", default)]
-    old_image: Option<ImageJson>,
+    #[serde(rename = "NewImage", default, borrow)]
+    new_image: Option<&'a RawValue>,
+    #[serde(rename = "OldImage", default, borrow)]
+    old_image: Option<&'a RawValue>,
     #[serde(rename = "SequenceNumber", default)]
     sequence_number: Option<String>,
     #[serde(rename = "SizeBytes", default)]
@@ -501,7 +543,7 @@ mod tests {
             "userIdentity":{"type":"Service","principalId":"dynamodb.amazonaws.com"},
             "dynamodb":{"ApproximateCreationDateTime":1700000000.25,"Keys":{"pk":{"S":"a"}},
             "OldImage":{"pk":{"S":"a"},"n":{"N":"2"}},"NewImage":null,"SequenceNumber":"7","SizeBytes":40}}"#;
-        let mut record: DynamoDbRecord = serde_json::from_str(text).unwrap();
+        let record: DynamoDbRecord = serde_json::from_str(text).unwrap();
         assert_eq!(record.event_id(), "e1");
         assert_eq!(record.aws_region(), "eu-west-1");
         assert_eq!(record.size_bytes(), 40);
@@ -512,7 +554,7 @@ mod tests {
             Some(&serde_dynamo::AttributeValue::S("a".into()))
         );
         assert_eq!(serde_json::to_string(&record).unwrap(), text);
-        let (new, old) = record.take_images();
+        let (new, old) = record.images().unwrap();
         assert!(new.is_none());
         assert_eq!(
             Value::Object(old.unwrap().into_result().unwrap()),
@@ -531,14 +573,14 @@ mod tests {
         }))
         .unwrap();
         let batch = crate::sources::DynamoDbRecords::from(typed);
-        let crate::sources::Lenient::Parsed(mut record) = batch.records.into_iter().next().unwrap()
+        let crate::sources::Lenient::Parsed(record) = batch.records.into_iter().next().unwrap()
         else {
             panic!("the typed record did not convert")
         };
         assert_eq!(record.event_name(), "MODIFY");
         assert_eq!(record.sequence_number(), Some("9"));
         assert_eq!(record.approximate_creation_millis(), 1_700_000_000_000);
-        let (new, old) = record.take_images();
+        let (new, old) = record.images().unwrap();
         assert_eq!(
             Value::Object(new.unwrap().into_result().unwrap()),
             json!({"pk": "a", "n": 3, "m": {"x": true}})

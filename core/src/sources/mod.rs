@@ -111,7 +111,10 @@ pub trait Relaxed: DeserializeOwned {
 ///
 /// From text, not bytes: the payload is checked to be UTF-8 once, where a parse of bytes
 /// checks each string it reads, and a record's images hold hundreds of short ones.
-pub(crate) fn value_at<T: DeserializeOwned>(payload: &str, start: usize) -> Option<(T, usize)> {
+pub(crate) fn value_at<'a, T: Deserialize<'a>>(
+    payload: &'a str,
+    start: usize,
+) -> Option<(T, usize)> {
     let mut values = serde_json::Deserializer::from_str(payload.get(start..)?).into_iter::<T>();
     let value = values.next()?.ok()?;
     Some((value, start + values.byte_offset()))
