@@ -474,7 +474,8 @@ fn peer(dir: &Path, function: &str, mode: &str, input: &Path, runs: usize) -> Op
 
 /// One scenario's rounds as one row: the median of their medians, the extremes of their
 /// runs, the highest peak RSS.
-fn combined(rounds: &[Measured]) -> Option<Measured> {
+fn combined(rounds: &[Option<Measured>]) -> Option<Measured> {
+    let rounds: Vec<&Measured> = rounds.iter().flatten().collect();
     let mut medians: Vec<f64> = rounds.iter().map(|m| m.median_ms).collect();
     medians.sort_by(f64::total_cmp);
     let first = rounds.first()?;
@@ -493,10 +494,11 @@ fn combined(rounds: &[Measured]) -> Option<Measured> {
 
 /// How many times slower the peer is: the median of each round's ratio (the peer's median
 /// over ours, measured back to back), and every round's.
-fn rounds_ratio(ours: &[Measured], theirs: &[Measured]) -> String {
+fn rounds_ratio(ours: &[Option<Measured>], theirs: &[Option<Measured>]) -> String {
     let mut ratios: Vec<f64> = ours
         .iter()
         .zip(theirs)
+        .filter_map(|(o, t)| o.as_ref().zip(t.as_ref()))
         .filter(|(o, _)| o.median_ms > 0.0)
         .map(|(o, t)| t.median_ms / o.median_ms)
         .collect();
@@ -584,20 +586,23 @@ fn main() {
     // Ours and the peer's with their SDK clients, back to back in each round: the ratio of a
     // round is measured in one sitting, so a host that slows down between two scenarios (a
     // shared VM does) moves both sides of it.
-    let mut sdk: Vec<(&str, Vec<Measured>, Vec<Measured>)> = Vec::new();
+    #[allow(clippy::type_complexity)]
+    let mut sdk: Vec<(&str, Vec<Option<Measured>>, Vec<Option<Measured>>)> = Vec::new();
     for (scenario, function, input) in [
         ("listener-sdk", "listener", &kinesis),
         ("trigger-sdk", "trigger", &dynamodb),
     ] {
+        // by round, so a ratio is only ever of two runs back to back (a failed one leaves
+        // its round out)
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
             eprintln!("running {scenario}, round {round} of {rounds} ...");
-            ours.extend(own(scenario, input, runs));
+            ours.push(own(scenario, input, runs));
             if have_peer {
                 eprintln!(
                     "running aws-lambda-stream {function} sdk, round {round} of {rounds} ..."
                 );
-                theirs.extend(peer(&peer_dir, function, "sdk", input, runs));
+                theirs.push(peer(&peer_dir, function, "sdk", input, runs));
             }
         }
         sdk.push((scenario, ours, theirs));

@@ -62,13 +62,43 @@ pub enum ConfigError {
 }
 
 /// What one window of a batch leaves the next.
-#[derive(Default)]
 struct Carry {
+    /// When the invocation's processing began.
+    started: std::time::Instant,
     /// The keys a retry blocked: `[0]` shared by the pipelines in key order, `[1 + i]`
     /// pipeline `i`'s own otherwise. Empty until the first window runs.
     blocked: Vec<Arc<Blocked>>,
+    /// The idempotency keys claimed so far, by pipeline.
+    claimed: Vec<Arc<std::sync::Mutex<HashSet<String>>>>,
+    /// A stream's earlier window left a record to retry: Lambda delivers every later record
+    /// again, so this window's faults wait for that (they are raised again then).
+    comes_back: bool,
     /// The invocation's metrics so far.
     metrics: Option<InvocationMetrics>,
+}
+
+impl Carry {
+    fn new(started: std::time::Instant) -> Self {
+        Carry {
+            started,
+            blocked: Vec::new(),
+            claimed: Vec::new(),
+            comes_back: false,
+            metrics: None,
+        }
+    }
+
+    /// Adds a window's metrics, its records' age taken as at the invocation's start.
+    fn absorb(&mut self, mut m: InvocationMetrics) {
+        match &mut self.metrics {
+            Some(all) => {
+                let since = self.started.elapsed().as_millis() as i64;
+                m.iterator_age_ms = m.iterator_age_ms.map(|age| age - since);
+                all.absorb(m);
+            }
+            None => self.metrics = Some(m),
+        }
+    }
 }
 
 /// What one invocation knows about itself.
@@ -445,7 +475,7 @@ impl Handler {
     pub async fn process(&self, decoded: Decoded, invocation: &Invocation) -> Outcomes {
         let started = std::time::Instant::now();
         let source = decoded.source;
-        let mut carry = Carry::default();
+        let mut carry = Carry::new(started);
         let outcomes = self.run_window(decoded, invocation, &mut carry).await;
         self.report(source, &outcomes, carry.metrics, started);
         outcomes
@@ -460,23 +490,23 @@ impl Handler {
         invocation: &Invocation,
     ) -> Outcomes {
         let started = std::time::Instant::now();
-        let mut carry = Carry::default();
+        let mut carry = Carry::new(started);
         let mut all: Option<Outcomes> = None;
         let mut source = "";
-        // a stream delivers again every record from its checkpoint on: once a window leaves a
-        // record to retry, every later one comes back, and running it now would raise its
-        // faults twice
-        let mut checkpointed = false;
         for (i, window) in windows.into_iter().enumerate() {
             let decoded = S::decode(window, &self.decode);
             source = decoded.source;
             // the first window runs whatever the time: the pipelines say what did not start
-            let outcomes = if i > 0 && (checkpointed || invocation.deadline.passed()) {
+            let outcomes = if i > 0 && invocation.deadline.passed() {
+                if self.settings.metrics.any() {
+                    let m = InvocationMetrics::of_batch(decoded.source, &decoded.records);
+                    carry.absorb(m);
+                }
                 Outcomes::all_retry(decoded.records)
             } else {
                 self.run_window(decoded, invocation, &mut carry).await
             };
-            checkpointed |= S::REDELIVERY == Redelivery::FromCheckpoint
+            carry.comes_back |= S::REDELIVERY == Redelivery::FromCheckpoint
                 && outcomes.outcomes.contains(&Outcome::Retry);
             match &mut all {
                 Some(all) => all.append(outcomes),
@@ -555,6 +585,7 @@ impl Handler {
             carry.blocked = (0..=self.pipelines.len())
                 .map(|_| Arc::new(Blocked::default()))
                 .collect();
+            carry.claimed = (0..self.pipelines.len()).map(|_| Arc::default()).collect();
         }
         let mut ctxs = Vec::with_capacity(self.pipelines.len());
         let mut accepted: Vec<Vec<UnitOfWork>> = Vec::with_capacity(self.pipelines.len());
@@ -566,6 +597,7 @@ impl Handler {
                 deadline,
                 decoded.units.len(),
                 blocked,
+                Arc::clone(&carry.claimed[i]),
                 Arc::clone(&self.settings),
             ));
             let mut units = Vec::new();
@@ -722,8 +754,17 @@ impl Handler {
                 metrics::count_error(&mut m.faults_by_error, f.error_name());
             }
         }
-        self.settle_faults(&decoded, invocation, &mut outcomes, faults)
-            .await;
+        if carry.comes_back {
+            // every record of this window comes back: its faults are raised then
+            for f in &faults {
+                for p in &f.positions {
+                    outcomes[*p as usize] = Outcome::Retry;
+                }
+            }
+        } else {
+            self.settle_faults(&decoded, invocation, &mut outcomes, faults)
+                .await;
+        }
 
         // then claims settle, knowing which records end faulted and which come back
         let finishers: Vec<_> = ctxs
@@ -755,11 +796,21 @@ impl Handler {
             }
         }
 
-        if let Some(m) = metrics {
-            match &mut carry.metrics {
-                Some(all) => all.absorb(m),
-                None => carry.metrics = Some(m),
+        // a key with a record to retry stays blocked in the windows after this one, in every
+        // pipeline: its later records would otherwise overtake the one coming back
+        let retried = decoded.units.iter().filter_map(|u| {
+            (outcomes[u.shared.index as usize] == Outcome::Retry)
+                .then_some(u.shared.key_hash)
+                .flatten()
+        });
+        let retried: Vec<u64> = retried.collect();
+        if !retried.is_empty() {
+            for blocked in &carry.blocked {
+                blocked.block_keys(retried.iter().copied());
             }
+        }
+        if let Some(m) = metrics {
+            carry.absorb(m);
         }
         Outcomes {
             outcomes,

@@ -69,8 +69,9 @@ pub struct Settings {
     /// than this is taken in windows, one after another, each decoded just before it runs.
     /// A window's events are still in cache when its pipelines read them, and only one
     /// window's are in memory at once; each window ends before the next starts, so a key's
-    /// order holds across them. Sources that Lambda delivers again whole (SNS, S3, EventBridge,
-    /// Firehose, schedules, alarms) run in one window.
+    /// order holds across them, and a key with a record to retry stays blocked. Sources that
+    /// Lambda delivers again whole (SNS, S3, EventBridge, Firehose, schedules, alarms), and a
+    /// batch with an SQS FIFO group or a record without an id, run in one window.
     pub window: usize,
     /// Concurrent writes of the `update` sink.
     pub update_parallel: Option<usize>,

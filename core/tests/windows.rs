@@ -6,8 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lambda_stream::idempotency::Idempotency;
+use lambda_stream::sources::{KinesisRecords, Source as _, SqsRecords};
 use lambda_stream::testing::*;
-use lambda_stream::{Event, Handler, Pipeline, Settings, StepError, UnitOfWork, sources};
+use lambda_stream::{
+    Event, Handler, IntoPipeline, Pipeline, Settings, StepError, UnitOfWork, sources,
+};
 use serde_json::Value;
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -96,7 +100,7 @@ async fn a_keys_records_are_applied_once_each_in_order_across_windows() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stream_retry_sends_every_later_window_back_unrun_and_unfaulted() {
+async fn after_a_stream_retry_later_windows_run_but_their_faults_wait_and_its_key_stays_blocked() {
     let log: Log = Default::default();
     let faults = Arc::new(MemoryFaults::default());
     let handler = Handler::builder(faults.clone())
@@ -122,13 +126,14 @@ async fn a_stream_retry_sends_every_later_window_back_unrun_and_unfaulted() {
         Some(sixth.as_str())
     );
     let log = log.lock().unwrap();
-    // the first window whole, the second but its retried record; the rest come back unrun
-    let applied: Vec<&str> = log.iter().map(String::as_str).collect();
-    for id in ["k0-0", "k1-0", "k2-0", "k3-0", "k0-1", "k2-1", "k3-1"] {
-        assert!(applied.contains(&id), "{id} not applied: {applied:?}");
-    }
-    assert_eq!(applied.len(), 7, "{applied:?}");
-    // its fault would be raised again when the record comes back: not published now
+    let keys = by_key(&log);
+    // k1's later records wait behind its retried one, in every later window
+    assert_eq!(keys["k1"], [0], "{log:?}");
+    assert_eq!(keys["k0"], [0, 1, 2, 3], "{log:?}");
+    assert_eq!(keys["k2"], [0, 1, 2], "{log:?}");
+    assert_eq!(keys["k3"], [0, 1, 2, 3], "{log:?}");
+    // the poison record comes back with the rest after the checkpoint: its fault is raised
+    // then, not now
     assert!(faults.published().is_empty());
 }
 
@@ -142,7 +147,7 @@ async fn sqs_windows_run_on_after_a_retry_and_its_key_stays_blocked() {
         .pipeline(applying(&log))
         .build()
         .unwrap();
-    // groups a and b, 5 messages each, alternating; a's second is retried (first window), and
+    // keys a and b, 5 messages each, alternating; a's second is retried (first window), and
     // b's last is poison (last window)
     let mut events = Vec::new();
     for n in 0..5 {
@@ -152,11 +157,10 @@ async fn sqs_windows_run_on_after_a_retry_and_its_key_stays_blocked() {
                 ("b", 4) => "poison-b".to_owned(),
                 _ => format!("{g}-{n}"),
             };
-            events.push((g, Event::new(id, "thing-updated", 1).with_partition_key(g)));
+            events.push(Event::new(id, "thing-updated", 1).with_partition_key(g));
         }
     }
-    let fifo: Vec<(&str, Event)> = events.iter().map(|(g, e)| (*g, e.clone())).collect();
-    let batch = to_sqs_fifo_records(&fifo);
+    let batch = to_sqs_records(&events);
     let ids: Vec<String> = batch
         .records
         .iter()
@@ -171,7 +175,7 @@ async fn sqs_windows_run_on_after_a_retry_and_its_key_stays_blocked() {
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
-    // a's retried message and every later one of a, in whatever window
+    // a's retried message and every later one of a, in whatever window (the key blocked)
     let expected: Vec<&str> = [2, 4, 6, 8].iter().map(|&i| ids[i].as_str()).collect();
     assert_eq!(retried, expected);
     let log = log.lock().unwrap();
@@ -254,4 +258,52 @@ fn a_windowed_batch_is_one_metrics_document_per_family() {
     assert_eq!(apply["stream.pipeline.uow.count"], 7);
     assert_eq!(apply["stream.pipeline.done.count"], 6);
     assert_eq!(apply["stream.pipeline.faulted.count"], 1);
+}
+
+#[test]
+fn fifo_groups_and_records_without_an_id_keep_the_batch_whole() {
+    let events = events(3, 3);
+    let plain = SqsRecords::from(to_sqs_records(&events));
+    assert_eq!(sources::Sqs::windows(plain, 4).len(), 3);
+    let grouped: Vec<(&str, Event)> = events.iter().map(|e| ("g", e.clone())).collect();
+    let fifo = SqsRecords::from(to_sqs_fifo_records(&grouped));
+    assert_eq!(sources::Sqs::windows(fifo, 4).len(), 1);
+    let mut unnamed = to_sqs_records(&events);
+    unnamed.records[7].message_id = None;
+    assert_eq!(sources::Sqs::windows(SqsRecords::from(unnamed), 4).len(), 1);
+    let stream = KinesisRecords::from(to_kinesis_records(&events));
+    assert_eq!(sources::Kinesis::windows(stream, 4).len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_in_a_later_window_is_done_not_run_or_faulted_again() {
+    let log: Log = Default::default();
+    let faults = Arc::new(MemoryFaults::default());
+    let store = Arc::new(MemoryIdempotency::default());
+    let handler = Handler::builder(faults.clone())
+        .settings(&settings(3, ""))
+        .pipeline(
+            applying(&log)
+                .into_pipeline()
+                .idempotent(Idempotency::new(store.clone())),
+        )
+        .build()
+        .unwrap();
+    let mut events = events(7, 1);
+    events[1].id = "poison-k1".into();
+    // delivered twice in one batch: the copy is in the third window
+    events.push(events[1].clone());
+    events.push(events[2].clone());
+    let response = handler
+        .handle::<sources::Sqs>(to_sqs_records(&events), &context(Duration::from_secs(900)))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        faults.published().len(),
+        1,
+        "one fault for the poison event"
+    );
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 6, "each good event applied once: {log:?}");
 }

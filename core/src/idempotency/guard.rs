@@ -41,8 +41,6 @@ struct Taken {
 #[derive(Default)]
 struct Claims {
     taken: Vec<Taken>,
-    /// Ids claimed (or found completed) in this run: a duplicate later in the batch is done.
-    ids: std::collections::HashSet<String>,
     /// Claims whose answer never came (id, owner token): released at the end if they hold.
     uncertain: Vec<(String, String)>,
 }
@@ -132,7 +130,12 @@ impl Guard {
             .as_ref()
             .map(|p| hex(&Sha256::digest(p(&u))));
         let id = format!("{}#{key}", self.pipeline);
-        if !lock(claims).ids.insert(id.clone()) {
+        let first = ctx
+            .claimed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone());
+        if !first {
             tracing::debug!(pipeline = %self.pipeline, id = %crate::faults::quoted(&id), "duplicate in this batch: done");
             return Ok(u.with(Admitted::Done));
         }

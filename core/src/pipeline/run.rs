@@ -53,6 +53,15 @@ pub(crate) struct Blocked {
 }
 
 impl Blocked {
+    /// Blocks `keys` (a window's retried records' keys, for the windows after it).
+    pub(crate) fn block_keys(&self, keys: impl IntoIterator<Item = u64>) {
+        let mut blocked = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        for k in keys {
+            blocked.insert(k);
+            self.any.store(true, Ordering::Release);
+        }
+    }
+
     fn block(&self, anchor: &Anchor) {
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         for origin in anchor {
@@ -89,6 +98,9 @@ pub(crate) struct RunCtx {
     /// The handler's settings: default parallelism, standard tags.
     pub(crate) settings: Arc<Settings>,
     blocked: Arc<Blocked>,
+    /// The idempotency keys claimed (or found completed) in this invocation, in any window: a
+    /// duplicate later in the batch is done.
+    pub(crate) claimed: Arc<Mutex<HashSet<String>>>,
     /// By unit ordinal: 0 not accepted, then pending, done, faulted, retry (worst wins).
     settled: Vec<AtomicU8>,
     faults: Mutex<Vec<RaisedFault>>,
@@ -122,6 +134,7 @@ impl RunCtx {
         deadline: Deadline,
         units: usize,
         blocked: Arc<Blocked>,
+        claimed: Arc<Mutex<HashSet<String>>>,
         settings: Arc<Settings>,
     ) -> Self {
         RunCtx {
@@ -129,6 +142,7 @@ impl RunCtx {
             deadline,
             settings,
             blocked,
+            claimed,
             settled: (0..units).map(|_| AtomicU8::new(0)).collect(),
             faults: Mutex::new(Vec::new()),
             gate: OnceLock::new(),

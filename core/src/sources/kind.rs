@@ -3,19 +3,20 @@
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::firehose::KinesisFirehoseResponse;
-use aws_lambda_events::event::sqs::SqsBatchResponse;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
 use aws_lambda_events::event::streams::{DynamoDbEventResponse, KinesisEventResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{
-    Decoded, DynamoDbOptions, DynamoDbRecords, FirehoseRecords, KinesisRecords, S3Records,
-    SnsRecords, SqsRecords, from_alarm, from_cron, from_dynamodb, from_eventbridge, from_firehose,
-    from_kinesis, from_s3, from_sns, from_sqs, from_sqs_sns_s3,
+    Decoded, DynamoDbOptions, DynamoDbRecords, FirehoseRecords, KinesisRecords, Lenient, Records,
+    S3Records, SnsRecords, SqsRecords, from_alarm, from_cron, from_dynamodb, from_eventbridge,
+    from_firehose, from_kinesis, from_s3, from_sns, from_sqs, from_sqs_sns_s3,
 };
 use crate::delivery::Redelivery;
 use crate::error::BatchError;
+use crate::record::SourceRecord;
 use crate::response::Outcomes;
 
 /// How records are decoded, beyond what the event itself says.
@@ -66,6 +67,38 @@ pub trait Source: Send + Sync + 'static {
     fn respond(outcomes: Outcomes) -> Result<Self::Response, BatchError>;
 }
 
+/// `records` in windows of `size` (see [`Source::windows`]), unless one of them keeps the
+/// batch whole: a record Lambda could not be told to retry (no id: a retry of it fails the
+/// whole batch, and an earlier window's faults would then be raised twice), or one in an SQS
+/// FIFO group (a group held by a retry holds to the batch's end, which the response applies
+/// over the whole batch; FIFO batches hold 10 messages at most anyway).
+fn windowed<R>(
+    records: Records<R>,
+    size: usize,
+    windowable: impl Fn(&R) -> bool,
+) -> Vec<Records<R>> {
+    if records.records.len() <= size {
+        return vec![records];
+    }
+    let whole = records.records.iter().any(|r| match r {
+        Lenient::Parsed(r) => !windowable(r),
+        Lenient::Malformed { raw, .. } => {
+            let raw = SourceRecord::Raw(raw.clone());
+            raw.item_identifier().is_none() || raw.message_group().is_some()
+        }
+    });
+    if whole {
+        vec![records]
+    } else {
+        records.windows(size)
+    }
+}
+
+/// An SQS message that may be taken in a window: it has an id and no FIFO group.
+fn sqs_windowable(m: &SqsMessage) -> bool {
+    m.message_id.is_some() && !m.attributes.contains_key("MessageGroupId")
+}
+
 /// Kinesis: partial batch response with the lowest retry sequence number.
 #[derive(Debug, Clone, Copy)]
 pub struct Kinesis;
@@ -73,7 +106,7 @@ pub struct Kinesis;
 impl Source for Kinesis {
     type Event = KinesisRecords;
     fn windows(event: KinesisRecords, size: usize) -> Vec<KinesisRecords> {
-        event.windows(size)
+        windowed(event, size, |_| true)
     }
     fn event(payload: &bytes::Bytes) -> serde_json::Result<KinesisRecords> {
         KinesisRecords::from_bytes(payload)
@@ -95,7 +128,7 @@ pub struct DynamoDb;
 impl Source for DynamoDb {
     type Event = DynamoDbRecords;
     fn windows(event: DynamoDbRecords, size: usize) -> Vec<DynamoDbRecords> {
-        event.windows(size)
+        windowed(event, size, |r| r.sequence_number().is_some())
     }
     fn event(payload: &bytes::Bytes) -> serde_json::Result<DynamoDbRecords> {
         DynamoDbRecords::from_bytes(payload)
@@ -118,7 +151,7 @@ pub struct Sqs;
 impl Source for Sqs {
     type Event = SqsRecords;
     fn windows(event: SqsRecords, size: usize) -> Vec<SqsRecords> {
-        event.windows(size)
+        windowed(event, size, sqs_windowable)
     }
     fn event(payload: &bytes::Bytes) -> serde_json::Result<SqsRecords> {
         SqsRecords::from_bytes(payload)
@@ -140,7 +173,7 @@ pub struct SqsSnsS3;
 impl Source for SqsSnsS3 {
     type Event = SqsRecords;
     fn windows(event: SqsRecords, size: usize) -> Vec<SqsRecords> {
-        event.windows(size)
+        windowed(event, size, sqs_windowable)
     }
     fn event(payload: &bytes::Bytes) -> serde_json::Result<SqsRecords> {
         SqsRecords::from_bytes(payload)
