@@ -482,8 +482,7 @@ impl Handler {
     }
 
     /// Decodes and runs each window when the one before it has ended (see
-    /// [`Settings::window`]), carrying what a window leaves the next: the keys a retry blocked
-    /// and the invocation's metrics.
+    /// [`Settings::window`]), carrying what a window leaves the next ([`Carry`]).
     async fn process_windows<S: Source>(
         &self,
         windows: Vec<S::Event>,

@@ -152,16 +152,13 @@ impl InvocationMetrics {
 }
 
 impl InvocationMetrics {
-    /// Adds a later window's figures to these: counts and times summed, the oldest record's
-    /// age kept (each window's is measured as it begins).
+    /// Adds a later window's figures to these: the batch's size and bytes, the pipelines'
+    /// and the errors' counts summed, the oldest record's age kept. The outcome counts and
+    /// the invocation's time are the whole batch's, set once it is over.
     pub(crate) fn absorb(&mut self, later: InvocationMetrics) {
         self.records += later.records;
         self.bytes += later.bytes;
         self.iterator_age_ms = self.iterator_age_ms.max(later.iterator_age_ms);
-        self.done += later.done;
-        self.faulted += later.faulted;
-        self.retry += later.retry;
-        self.time_ms += later.time_ms;
         for (id, p) in later.pipelines {
             let mine = self.pipelines.entry(id).or_default();
             mine.units += p.units;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_stream::idempotency::Idempotency;
 use lambda_stream::sources::{KinesisRecords, Source as _, SqsRecords};
 use lambda_stream::testing::*;
@@ -70,6 +71,24 @@ fn by_key(log: &[String]) -> BTreeMap<String, Vec<usize>> {
             .push(n.parse().unwrap());
     }
     keys
+}
+
+/// Each SQS message's id, in batch order.
+fn message_ids(batch: &SqsEvent) -> Vec<String> {
+    batch
+        .records
+        .iter()
+        .map(|m| m.message_id.clone().unwrap_or_default())
+        .collect()
+}
+
+/// The message ids an SQS response asks Lambda to deliver again.
+fn retried_ids(response: &SqsBatchResponse) -> Vec<&str> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -161,20 +180,12 @@ async fn sqs_windows_run_on_after_a_retry_and_its_key_stays_blocked() {
         }
     }
     let batch = to_sqs_records(&events);
-    let ids: Vec<String> = batch
-        .records
-        .iter()
-        .map(|m| m.message_id.clone().unwrap())
-        .collect();
+    let ids = message_ids(&batch);
     let response = handler
         .handle::<sources::Sqs>(batch, &context(Duration::from_secs(900)))
         .await
         .unwrap();
-    let retried: Vec<&str> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.as_str())
-        .collect();
+    let retried = retried_ids(&response);
     // a's retried message and every later one of a, in whatever window (the key blocked)
     let expected: Vec<&str> = [2, 4, 6, 8].iter().map(|&i| ids[i].as_str()).collect();
     assert_eq!(retried, expected);
@@ -202,21 +213,13 @@ async fn windows_not_started_by_the_deadline_come_back() {
         })
         .collect();
     let batch = to_sqs_records(&events);
-    let ids: Vec<String> = batch
-        .records
-        .iter()
-        .map(|m| m.message_id.clone().unwrap())
-        .collect();
+    let ids = message_ids(&batch);
     // 1 s kept back of 1.005 s: work may start for 5 ms, within the first window's pauses
     let response = handler
         .handle::<sources::Sqs>(batch, &context(Duration::from_millis(1_005)))
         .await
         .unwrap();
-    let retried: Vec<&str> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.as_str())
-        .collect();
+    let retried = retried_ids(&response);
     let later: Vec<&str> = ids[2..].iter().map(String::as_str).collect();
     assert_eq!(retried, later);
     assert_eq!(log.lock().unwrap().len(), 2);
