@@ -81,13 +81,22 @@ impl StepError {
         &self.name
     }
 
-    /// The causes, outermost first, one per line.
+    /// The causes, outermost first, one per line, each cut to 500 bytes as the display's
+    /// message is (a fault event's `err.stack`).
+    ///
+    /// ```
+    /// use lambda_stream::StepError;
+    ///
+    /// let e = StepError::poison_msg(format!("bad id {}", "x".repeat(10_000)));
+    /// assert!(e.chain().len() < 600);
+    /// ```
     pub fn chain(&self) -> String {
-        let mut out = self.source.to_string();
+        let mut out = String::new();
+        push_cut(&mut out, &self.source.to_string());
         let mut cause = self.source.source();
         while let Some(c) = cause {
             out.push_str("\ncaused by: ");
-            out.push_str(&c.to_string());
+            push_cut(&mut out, &c.to_string());
             cause = c.source();
         }
         out
@@ -111,13 +120,18 @@ pub(crate) const MESSAGE_BYTES: usize = 500;
 /// ```
 impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let message = self.source.to_string();
-        let shown = crate::faults::truncate(&message, MESSAGE_BYTES);
-        if shown.len() == message.len() {
-            write!(f, "{}: {message}", self.name)
-        } else {
-            write!(f, "{}: {shown}… ({} bytes)", self.name, message.len())
-        }
+        let mut message = String::new();
+        push_cut(&mut message, &self.source.to_string());
+        write!(f, "{}: {message}", self.name)
+    }
+}
+
+/// Appends `text`, cut to [`MESSAGE_BYTES`] and saying how long it was when cut.
+fn push_cut(out: &mut String, text: &str) {
+    let shown = crate::faults::truncate(text, MESSAGE_BYTES);
+    out.push_str(shown);
+    if shown.len() < text.len() {
+        out.push_str(&format!("… ({} bytes)", text.len()));
     }
 }
 

@@ -33,7 +33,8 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
         // as deployed (RUST_LOG=info): at warn, the info spans would be filtered out too
         tracing_subscriber::EnvFilter::new("info"),
     );
-    let handler = Handler::builder(MemoryFaults::default())
+    let faults = Arc::new(MemoryFaults::default());
+    let handler = Handler::builder(faults.clone())
         .pipeline(
             Pipeline::new("views").map(|uow: UnitOfWork| -> Result<UnitOfWork, StepError> {
                 // a message quoting the event's own (here huge) id, as many do
@@ -109,4 +110,14 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
         !text.contains("s3cr3t"),
         "an event's contents are never logged: {text}"
     );
+    // the fault event quotes as much of the message, in its message and its stack
+    let published = faults.published();
+    let err = &published
+        .iter()
+        .find(|f| f.err.message.contains("xyyy"))
+        .unwrap_or_else(|| panic!("no fault for the long id"))
+        .err;
+    assert!(err.message.ends_with("… (5013 bytes)"), "{}", err.message);
+    assert!(err.stack.len() < 600, "{} bytes", err.stack.len());
+    assert!(err.stack.ends_with("… (5013 bytes)"), "{}", err.stack);
 }
