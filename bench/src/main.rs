@@ -34,7 +34,7 @@ use aws_smithy_runtime_api::shared::IntoShared;
 use aws_smithy_types::body::SdkBody;
 use lambda_stream::connectors::{DynamoDb, EventBridge};
 use lambda_stream::sinks::EntityPut;
-use lambda_stream::sources::{self, DynamoDbRecords, KinesisRecords, Source as _};
+use lambda_stream::sources;
 use lambda_stream::testing::{MemoryFaults, context};
 use lambda_stream::{Event, Handler, IntoPipeline, Pipeline, Settings, StepError, UnitOfWork};
 use serde_json::{Value, json};
@@ -307,13 +307,9 @@ fn scenario(name: &str, input: &Path, runs: usize) -> Measured {
             let written = Arc::new(AtomicUsize::new(0));
             let handler = in_memory_handler(&written, name == "production");
             let (a, b, c) = time(runs, input, |bytes| {
-                // as `lambda_stream::run` reads the payload the runtime hands over
-                let batch: KinesisRecords =
-                    sources::Kinesis::event(&bytes).unwrap_or_else(|e| panic!("batch: {e}"));
-                // as `run` frees it once parsed
-                drop(bytes);
+                // as `lambda_stream::run` hands the handler the payload the runtime hands over
                 let response = rt
-                    .block_on(handler.handle::<sources::Kinesis>(batch, &ctx))
+                    .block_on(handler.handle_payload::<sources::Kinesis>(bytes, &ctx))
                     .unwrap_or_else(|e| panic!("{e}"));
                 std::hint::black_box(serde_json::to_vec(&response).unwrap_or_default());
             });
@@ -337,13 +333,9 @@ fn scenario(name: &str, input: &Path, runs: usize) -> Measured {
             let handler = listener::handler(&settings, db, "views", MemoryFaults::default(), None)
                 .unwrap_or_else(|e| panic!("{e}"));
             let (a, b, c) = time(runs, input, |bytes| {
-                // as `lambda_stream::run` reads the payload the runtime hands over
-                let batch: KinesisRecords =
-                    sources::Kinesis::event(&bytes).unwrap_or_else(|e| panic!("batch: {e}"));
-                // as `run` frees it once parsed
-                drop(bytes);
+                // as `lambda_stream::run` hands the handler the payload the runtime hands over
                 let response = rt
-                    .block_on(handler.handle::<sources::Kinesis>(batch, &ctx))
+                    .block_on(handler.handle_payload::<sources::Kinesis>(bytes, &ctx))
                     .unwrap_or_else(|e| panic!("{e}"));
                 assert!(response.batch_item_failures.is_empty());
                 std::hint::black_box(serde_json::to_vec(&response).unwrap_or_default());
@@ -363,12 +355,9 @@ fn scenario(name: &str, input: &Path, runs: usize) -> Measured {
                 trigger::handler(&Settings::default(), bus, MemoryFaults::default(), None)
                     .unwrap_or_else(|e| panic!("{e}"));
             let (a, b, c) = time(runs, input, |bytes| {
-                let batch: DynamoDbRecords =
-                    sources::DynamoDb::event(&bytes).unwrap_or_else(|e| panic!("batch: {e}"));
-                // as `run` frees it once parsed
-                drop(bytes);
+                // as `lambda_stream::run` hands the handler the payload the runtime hands over
                 let response = rt
-                    .block_on(handler.handle::<sources::DynamoDb>(batch, &ctx))
+                    .block_on(handler.handle_payload::<sources::DynamoDb>(bytes, &ctx))
                     .unwrap_or_else(|e| panic!("{e}"));
                 assert!(response.batch_item_failures.is_empty());
                 std::hint::black_box(serde_json::to_vec(&response).unwrap_or_default());

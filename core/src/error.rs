@@ -179,6 +179,10 @@ pub enum BatchError {
     /// invocation so Lambda's asynchronous retry delivers it again.
     #[error("{0} record(s) must be retried; failing the invocation so it is delivered again")]
     Retry(usize),
+    /// The invocation's payload does not parse as the source's event (the reason cut to 300
+    /// bytes): the invocation fails, as the Lambda runtime's own parse would fail it.
+    #[error("the invocation's payload does not parse: {0}")]
+    Payload(String),
     /// The invocation began with no more time than the deadline margin, so nothing could ever
     /// start: a configuration error (the margin against the function's timeout), reported
     /// rather than retrying every record in silence.

@@ -29,7 +29,7 @@ use crate::pipeline::{
 use crate::prepare::Prepare;
 use crate::response::Outcomes;
 use crate::settings::Settings;
-use crate::sources::{DecodeOptions, Decoded, DynamoDbOptions, Source};
+use crate::sources::{Bytes, DecodeOptions, Decoded, DynamoDbOptions, Source};
 use crate::uow::{UnitOfWork, anchor_of, keys_of};
 
 type Items<T> = BoxStream<'static, T>;
@@ -454,7 +454,50 @@ impl Handler {
         ctx: &Context,
     ) -> Result<S::Response, BatchError> {
         let invocation = self.start(ctx)?;
-        let windows = S::windows(event.into(), self.settings.window);
+        let windows = S::windows(event.into(), self.settings.window).into_iter();
+        // boxed: the whole run nested in a caller's future is deeper than the compiler's
+        // default layout limit
+        Box::pin(self.handle_windows::<S>(windows, invocation)).await
+    }
+
+    /// Handles one invocation of source `S` from its payload's bytes, as [`run`](crate::run)
+    /// does: as [`handle`](Self::handle), but a big batch is read a window at a time
+    /// ([`Source::event_windows`]), so only one window's records are held at once. A payload
+    /// that does not parse is [`BatchError::Payload`].
+    ///
+    /// ```
+    /// use lambda_stream::{Event, Handler, Pipeline, sources, testing::*};
+    /// use std::time::Duration;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let handler = Handler::builder(MemoryFaults::default()).pipeline(Pipeline::new("p1")).build().unwrap();
+    /// let batch = to_kinesis_records(&[Event::new("1", "thing-created", 1)]);
+    /// let payload = sources::Bytes::from(serde_json::to_vec(&batch).unwrap());
+    /// let ctx = context(Duration::from_secs(30));
+    /// let response = handler.handle_payload::<sources::Kinesis>(payload, &ctx).await.unwrap();
+    /// assert!(response.batch_item_failures.is_empty());
+    /// # });
+    /// ```
+    pub async fn handle_payload<S: Source>(
+        &self,
+        payload: Bytes,
+        ctx: &Context,
+    ) -> Result<S::Response, BatchError> {
+        let windows = S::event_windows(payload, self.settings.window).map_err(|e| {
+            // serde's message can quote a whole string of the payload
+            let reason = e.to_string();
+            BatchError::Payload(crate::faults::truncate(&reason, 300).to_owned())
+        })?;
+        let invocation = self.start(ctx)?;
+        // boxed, as in `handle`
+        Box::pin(self.handle_windows::<S>(windows, invocation)).await
+    }
+
+    async fn handle_windows<S: Source>(
+        &self,
+        windows: impl ExactSizeIterator<Item = S::Event>,
+        invocation: Invocation,
+    ) -> Result<S::Response, BatchError> {
         let outcomes = self.process_windows::<S>(windows, &invocation).await;
         if let Some(breaker) = &self.breaker {
             let observe = breaker.observe(&outcomes, &invocation.function_name);
@@ -485,18 +528,19 @@ impl Handler {
     /// [`Settings::window`]), carrying what a window leaves the next ([`Carry`]).
     async fn process_windows<S: Source>(
         &self,
-        windows: Vec<S::Event>,
+        windows: impl ExactSizeIterator<Item = S::Event>,
         invocation: &Invocation,
     ) -> Outcomes {
         let started = std::time::Instant::now();
         let mut carry = Carry::new(started);
         let mut all: Option<Outcomes> = None;
         let mut source = "";
-        for (i, window) in windows.into_iter().enumerate() {
+        let many = windows.len() > 1;
+        for (i, window) in windows.enumerate() {
             let decoded = S::decode(window, &self.decode);
             source = decoded.source;
             // the first window runs whatever the time: the pipelines say what did not start
-            let outcomes = if i > 0 && invocation.deadline.passed() {
+            let mut outcomes = if i > 0 && invocation.deadline.passed() {
                 if self.settings.metrics.any() {
                     let m = InvocationMetrics::of_batch(decoded.source, &decoded.records);
                     carry.absorb(m);
@@ -507,6 +551,11 @@ impl Handler {
             };
             carry.comes_back |= S::REDELIVERY == Redelivery::FromCheckpoint
                 && outcomes.outcomes.contains(&Outcome::Retry);
+            if many {
+                // the answer needs only the records to retry: the others' are let go with
+                // their window
+                outcomes.let_go();
+            }
             match &mut all {
                 Some(all) => all.append(outcomes),
                 None => all = Some(outcomes),

@@ -28,10 +28,11 @@ use crate::sources::Source;
 /// }
 /// ```
 ///
-/// The handler reads each invocation's payload from its bytes ([`Source::event`]): a batch of
-/// records in one pass, where the runtime's own typed deserialization would scan and copy each
-/// record before parsing it. A payload that does not parse fails the invocation, as the
-/// runtime's would.
+/// The handler reads each invocation's payload from its bytes
+/// ([`Handler::handle_payload`]): a batch of records in one pass, where the runtime's own
+/// typed deserialization would scan and copy each record before parsing it, and a big one a
+/// window at a time ([`Source::event_windows`]). A payload that does not parse fails the
+/// invocation, as the runtime's would.
 ///
 /// With the `otel` feature and trace export configured, each invocation is a span (the
 /// runtime's `OpenTelemetryLayer`) and its spans are flushed once the response is posted, before the
@@ -42,8 +43,10 @@ pub async fn run<S: Source>(handler: Handler) -> Result<(), lambda_runtime::Erro
         let handler = Arc::clone(&handler);
         let payload = PAYLOAD.with(|p| p.borrow_mut().take());
         async move {
-            let batch = event_of::<S>(payload)?;
-            Ok::<_, lambda_runtime::Error>(handler.handle::<S>(batch, &event.context).await?)
+            let payload = payload.ok_or("the invocation's payload was not handed over")?;
+            Ok::<_, lambda_runtime::Error>(
+                handler.handle_payload::<S>(payload, &event.context).await?,
+            )
         }
     });
     let runtime = Runtime::new(service)
@@ -58,18 +61,6 @@ pub async fn run<S: Source>(handler: Handler) -> Result<(), lambda_runtime::Erro
             .await;
     }
     runtime.run().await
-}
-
-/// The invocation's event from the payload the layer handed over. The payload itself is freed
-/// here, before the pipelines run, unless the event keeps slices of it.
-fn event_of<S: Source>(payload: Option<Bytes>) -> Result<S::Event, lambda_runtime::Error> {
-    let payload = payload.ok_or("the invocation's payload was not handed over")?;
-    S::event(&payload).map_err(|e| {
-        // serde's message can quote a whole string of the payload
-        let reason = e.to_string();
-        let reason = crate::faults::truncate(&reason, 300);
-        format!("the invocation's payload does not parse: {reason}").into()
-    })
 }
 
 thread_local! {
@@ -173,21 +164,27 @@ mod tests {
 
     #[test]
     fn a_payload_that_does_not_parse_is_named_and_quoted_briefly() {
+        let handler = crate::Handler::builder(crate::testing::MemoryFaults::default())
+            .pipeline(crate::Pipeline::new("p1"))
+            .build()
+            .unwrap();
+        let ctx = crate::testing::context(std::time::Duration::from_secs(30));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = |payload: Bytes| {
+            rt.block_on(handler.handle_payload::<crate::sources::Sqs>(payload, &ctx))
+        };
         let long = Bytes::from(format!(r#"{{"Records":"{}"}}"#, "x".repeat(5_000)));
-        let e = event_of::<crate::sources::Sqs>(Some(long))
-            .unwrap_err()
-            .to_string();
+        let e = handle(long).unwrap_err().to_string();
         assert!(
             e.starts_with("the invocation's payload does not parse: "),
             "{e}"
         );
         assert!(e.len() < 400, "{} bytes", e.len());
-        let e = event_of::<crate::sources::Sqs>(None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not handed over"), "{e}");
-        let ok = event_of::<crate::sources::Sqs>(Some(Bytes::from_static(b"{\"Records\":[]}")));
-        assert!(ok.unwrap().records.is_empty());
+        let ok = handle(Bytes::from_static(b"{\"Records\":[]}"));
+        assert!(ok.unwrap().batch_item_failures.is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What Lambda is answered: every record's outcome, and the partial batch response built from them
 //! (for Firehose, the records out).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use aws_lambda_events::event::firehose::{KinesisFirehoseResponse, KinesisFirehoseResponseRecord};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
@@ -51,6 +51,19 @@ impl Outcomes {
             outcomes: vec![Outcome::Retry; records.len()],
             records,
             answers: Vec::new(),
+        }
+    }
+
+    /// Lets go of every record but the first and those to retry, which are what the answers
+    /// and the circuit breaker read (a window's, when the batch has more: Firehose's answer,
+    /// which names every record, comes of one window).
+    pub(crate) fn let_go(&mut self) {
+        static LET_GO: LazyLock<Arc<SourceRecord>> =
+            LazyLock::new(|| Arc::new(SourceRecord::Raw(serde_json::Value::Null)));
+        for (outcome, record) in self.outcomes.iter().zip(&mut self.records).skip(1) {
+            if *outcome != Outcome::Retry {
+                *record = Arc::clone(&LET_GO);
+            }
         }
     }
 

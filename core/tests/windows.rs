@@ -91,9 +91,32 @@ fn retried_ids(response: &SqsBatchResponse) -> Vec<&str> {
         .collect()
 }
 
+/// Handles a Kinesis batch of `events`: parsed, or from its payload's bytes as `run` hands it
+/// over (each window parsed when taken).
+async fn kinesis(
+    handler: &Handler,
+    events: &[Event],
+    from_payload: bool,
+) -> aws_lambda_events::event::streams::KinesisEventResponse {
+    let batch = to_kinesis_records(events);
+    let ctx = context(Duration::from_secs(900));
+    if from_payload {
+        let payload = sources::Bytes::from(serde_json::to_vec(&batch).unwrap());
+        handler
+            .handle_payload::<sources::Kinesis>(payload, &ctx)
+            .await
+    } else {
+        handler.handle::<sources::Kinesis>(batch, &ctx).await
+    }
+    .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_keys_records_are_applied_once_each_in_order_across_windows() {
-    for window in [1, 3, 7, 500] {
+    for (window, from_payload) in [1, 3, 7, 500]
+        .into_iter()
+        .flat_map(|w| [(w, false), (w, true)])
+    {
         let log: Log = Default::default();
         let handler = Handler::builder(MemoryFaults::default())
             .settings(&settings(window, ""))
@@ -102,13 +125,7 @@ async fn a_keys_records_are_applied_once_each_in_order_across_windows() {
             .build()
             .unwrap();
         // 5 keys × 12 events: windows of 3 cut every key's run many times
-        let response = handler
-            .handle::<sources::Kinesis>(
-                to_kinesis_records(&events(5, 12)),
-                &context(Duration::from_secs(900)),
-            )
-            .await
-            .unwrap();
+        let response = kinesis(&handler, &events(5, 12), from_payload).await;
         assert!(response.batch_item_failures.is_empty(), "window {window}");
         let log = log.lock().unwrap();
         assert_eq!(log.len(), 60, "window {window}: each applied once");
@@ -120,6 +137,12 @@ async fn a_keys_records_are_applied_once_each_in_order_across_windows() {
 
 #[tokio::test(start_paused = true)]
 async fn after_a_stream_retry_later_windows_run_but_their_faults_wait_and_its_key_stays_blocked() {
+    for from_payload in [false, true] {
+        a_stream_retry_in_a_later_window(from_payload).await;
+    }
+}
+
+async fn a_stream_retry_in_a_later_window(from_payload: bool) {
     let log: Log = Default::default();
     let faults = Arc::new(MemoryFaults::default());
     let handler = Handler::builder(faults.clone())
@@ -132,13 +155,13 @@ async fn after_a_stream_retry_later_windows_run_but_their_faults_wait_and_its_ke
     // the 6th record (second window) is retried; a poison record in the last window
     events[5].id = "retry-k1".into();
     events[14].id = "poison-k2".into();
-    let batch = to_kinesis_records(&events);
-    let sixth = batch.records[5].kinesis.sequence_number.clone();
-    let response = handler
-        .handle::<sources::Kinesis>(batch, &context(Duration::from_secs(900)))
-        .await
-        .unwrap();
-    // Lambda delivers again from the retried record on
+    let sixth = to_kinesis_records(&events).records[5]
+        .kinesis
+        .sequence_number
+        .clone();
+    let response = kinesis(&handler, &events, from_payload).await;
+    // Lambda delivers again from the retried record on (its record kept when the others'
+    // were let go with their window)
     assert_eq!(response.batch_item_failures.len(), 1);
     assert_eq!(
         response.batch_item_failures[0].item_identifier.as_deref(),

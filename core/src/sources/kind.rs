@@ -9,10 +9,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::lazy::{self, Windows};
 use super::{
-    Decoded, DynamoDbOptions, DynamoDbRecords, FirehoseRecords, KinesisRecords, Lenient, Records,
-    S3Records, SnsRecords, SqsRecords, from_alarm, from_cron, from_dynamodb, from_eventbridge,
-    from_firehose, from_kinesis, from_s3, from_sns, from_sqs, from_sqs_sns_s3,
+    Bytes, Decoded, DynamoDbOptions, DynamoDbRecords, FirehoseRecords, KinesisRecords, Lenient,
+    Records, Relaxed, S3Records, SnsRecords, SqsRecords, from_alarm, from_cron, from_dynamodb,
+    from_eventbridge, from_firehose, from_kinesis, from_s3, from_sns, from_sqs, from_sqs_sns_s3,
 };
 use crate::delivery::Redelivery;
 use crate::error::BatchError;
@@ -59,6 +60,19 @@ pub trait Source: Send + Sync + 'static {
         let _ = size;
         vec![event]
     }
+    /// The event from the invocation's payload in windows of at most `size` records, as
+    /// [`windows`](Source::windows) cuts it, each parsed when its turn comes: what
+    /// [`run`](crate::run) hands the handler ([`Handler::handle_payload`](crate::Handler::handle_payload)).
+    /// By default the event is parsed whole ([`event`](Source::event)) and then cut. A
+    /// Kinesis batch is walked once to find its records and each window's are parsed when it
+    /// is taken, so a big batch holds its payload and one window's records, not every record's
+    /// decoded data. (A DynamoDB stream record already keeps only slices of the payload, and
+    /// walking its images costs as much as parsing the record: it is parsed whole.)
+    fn event_windows(payload: Bytes, size: usize) -> serde_json::Result<Windows<Self::Event>> {
+        Ok(Box::new(
+            Self::windows(Self::event(&payload)?, size).into_iter(),
+        ))
+    }
     /// The event's records as units of work; the ones that do not decode become faults.
     fn decode(event: Self::Event, options: &DecodeOptions) -> Decoded;
     /// The answer from every record's outcome (consumed: what pipelines answered moves into
@@ -94,6 +108,23 @@ fn windowed<R>(
     }
 }
 
+/// The payload's records a window at a time where it has the usual shape (see
+/// [`Source::event_windows`]), else parsed whole and cut as `S` cuts them.
+fn lazy_or_whole<S, R>(
+    payload: Bytes,
+    size: usize,
+    probe: lazy::Probe,
+) -> serde_json::Result<Windows<Records<R>>>
+where
+    S: Source<Event = Records<R>>,
+    R: Relaxed + Send + 'static,
+{
+    match Records::lazy_windows(payload.clone(), size, probe) {
+        Some(windows) => Ok(windows),
+        None => Ok(Box::new(S::windows(S::event(&payload)?, size).into_iter())),
+    }
+}
+
 /// An SQS message that may be taken in a window: it has an id and no FIFO group.
 fn sqs_windowable(m: &SqsMessage) -> bool {
     m.message_id.is_some() && !m.attributes.contains_key("MessageGroupId")
@@ -110,6 +141,9 @@ impl Source for Kinesis {
     }
     fn event(payload: &bytes::Bytes) -> serde_json::Result<KinesisRecords> {
         KinesisRecords::from_bytes(payload)
+    }
+    fn event_windows(payload: Bytes, size: usize) -> serde_json::Result<Windows<KinesisRecords>> {
+        lazy_or_whole::<Self, _>(payload, size, lazy::kinesis)
     }
     type Response = KinesisEventResponse;
     const REDELIVERY: Redelivery = Redelivery::FromCheckpoint;

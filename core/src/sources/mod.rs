@@ -21,7 +21,9 @@ mod eventbridge;
 mod firehose;
 mod kind;
 mod kinesis;
+mod lazy;
 mod s3;
+mod skip;
 mod sns;
 mod sqs;
 
@@ -51,6 +53,7 @@ pub use kind::{
 pub use kinesis::from_kinesis;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use kinesis::parse_record as parse_kinesis_record;
+pub use lazy::Windows;
 pub use s3::from_s3;
 pub use sns::from_sns;
 pub use sqs::{from_sqs, from_sqs_sns_s3};
@@ -297,47 +300,56 @@ impl<R: Relaxed> Records<R> {
 
     fn in_one_pass(payload: &Bytes) -> Option<Self> {
         let text = std::str::from_utf8(payload).ok()?;
-        let b = payload.as_ref();
-        let ws = |mut at: usize| {
-            // JSON's whitespace, which has no form feed
-            while b
-                .get(at)
-                .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-            {
-                at += 1;
-            }
-            at
-        };
-        let token = |at: usize, t: &[u8]| {
-            b.get(at..at + t.len())
-                .filter(|s| *s == t)
-                .map(|_| at + t.len())
-        };
-        let mut at = token(ws(0), b"{")?;
-        at = token(ws(at), b"\"Records\"")?;
-        at = token(ws(at), b":")?;
-        at = ws(token(ws(at), b"[")?);
         let mut records = Vec::new();
-        if let Some(after) = token(at, b"]") {
-            at = after;
-        } else {
-            loop {
-                let (record, end) = R::parse_at(payload, text, at)?;
-                records.push(Lenient::Parsed(record));
-                at = ws(end);
-                match b.get(at)? {
-                    b',' => at = ws(at + 1),
-                    b']' => {
-                        at += 1;
-                        break;
-                    }
-                    _ => return None,
+        each_record(payload, |start| {
+            let (record, end) = R::parse_at(payload, text, start)?;
+            records.push(Lenient::Parsed(record));
+            Some(end)
+        })?;
+        Some(Records { records })
+    }
+}
+
+/// Walks a payload of the usual shape (`{"Records": [...]}`, nothing else) record by record:
+/// `record` is handed where each record starts and says where it ends (`None` when it cannot
+/// be read, which ends the walk with `None`, as a payload of another shape does).
+fn each_record(b: &[u8], mut record: impl FnMut(usize) -> Option<usize>) -> Option<()> {
+    let ws = |mut at: usize| {
+        // JSON's whitespace, which has no form feed
+        while b
+            .get(at)
+            .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            at += 1;
+        }
+        at
+    };
+    let token = |at: usize, t: &[u8]| {
+        b.get(at..at + t.len())
+            .filter(|s| *s == t)
+            .map(|_| at + t.len())
+    };
+    let mut at = token(ws(0), b"{")?;
+    at = token(ws(at), b"\"Records\"")?;
+    at = token(ws(at), b":")?;
+    at = ws(token(ws(at), b"[")?);
+    if let Some(after) = token(at, b"]") {
+        at = after;
+    } else {
+        loop {
+            at = ws(record(at)?);
+            match b.get(at)? {
+                b',' => at = ws(at + 1),
+                b']' => {
+                    at += 1;
+                    break;
                 }
+                _ => return None,
             }
         }
-        at = token(ws(at), b"}")?;
-        (ws(at) == b.len()).then_some(Records { records })
     }
+    at = token(ws(at), b"}")?;
+    (ws(at) == b.len()).then_some(())
 }
 
 impl<R> FromIterator<R> for Records<R> {
