@@ -42,9 +42,13 @@ use serde_json::{Value, json};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's setting as `template.yaml` deploys it (`Globals`): freed pages are kept, not
-/// returned to the OS, so each scenario's process runs as the deployed functions do.
-const ALLOCATOR_ENV: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "-1");
+/// mimalloc's settings as `template.yaml` deploys them (`Globals`): freed pages are kept, not
+/// returned to the OS, and arenas are committed as they are used, not whole; so each
+/// scenario's process runs as the deployed functions do.
+const ALLOCATOR_ENV: [(&str, &str); 2] = [
+    ("MIMALLOC_PURGE_DELAY", "-1"),
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+];
 
 /// The simulated latency of a call in the latency scenarios.
 const LATENCY: Duration = Duration::from_millis(2);
@@ -210,9 +214,9 @@ fn peak_rss_mb() -> f64 {
 /// Runs `f` once to warm up, then `runs` times, each time on a payload of its own read from
 /// `input` before the clock starts; the median, min and max in ms.
 ///
-/// Each run owns its payload, as the handler owns the one the runtime hands over: what frees
-/// it once parsed frees it here too, so the peak RSS is the function's, not that of a copy
-/// the benchmark keeps for the next run.
+/// Each run owns its payload, as the handler owns the one the runtime hands over: it is
+/// freed when the handler is done with it, so the peak RSS is the function's, not that of a
+/// copy the benchmark keeps for the next run.
 fn time(runs: usize, input: &Path, mut f: impl FnMut(sources::Bytes)) -> (f64, f64, f64) {
     let read = || {
         sources::Bytes::from(
@@ -385,7 +389,7 @@ fn cold_start(binary: &Path) -> Option<f64> {
         let started = Instant::now();
         let mut child = Command::new(binary)
             .env_clear()
-            .env(ALLOCATOR_ENV.0, ALLOCATOR_ENV.1)
+            .envs(ALLOCATOR_ENV)
             .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", "bench-listener")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
@@ -431,7 +435,7 @@ fn parse_measured(text: &str) -> Option<Measured> {
 fn own(scenario: &str, input: &Path, runs: usize) -> Option<Measured> {
     let me = std::env::current_exe().ok()?;
     let out = Command::new(me)
-        .env(ALLOCATOR_ENV.0, ALLOCATOR_ENV.1)
+        .envs(ALLOCATOR_ENV)
         .args(["--scenario", scenario, "--input"])
         .arg(input)
         .args(["--runs", &runs.to_string()])
