@@ -536,8 +536,17 @@ impl Handler {
         let mut all: Option<Outcomes> = None;
         let mut source = "";
         let many = windows.len() > 1;
+        // the batch position of the window's first record: a decode warning's `position`
+        // counts from it, and the window's span says where that is
+        let mut first = 0;
         for (i, window) in windows.enumerate() {
-            let decoded = S::decode(window, &self.decode);
+            let decoded = if many {
+                let _window = tracing::info_span!("window", first).entered();
+                S::decode(window, &self.decode)
+            } else {
+                S::decode(window, &self.decode)
+            };
+            first += decoded.records.len();
             source = decoded.source;
             // the first window runs whatever the time: the pipelines say what did not start
             let mut outcomes = if i > 0 && invocation.deadline.passed() {

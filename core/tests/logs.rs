@@ -58,6 +58,19 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
     let mut long = Event::new(huge.clone(), "thing-updated", 1).with_partition_key("t2");
     long.tags
         .insert("correlationId".into(), Value::String(huge.clone()));
+    // a batch in windows of one record, the second not JSON: its warning says which window
+    let windowed = Handler::builder(MemoryFaults::default())
+        .settings(&lambda_stream::Settings::from_vars(|v| {
+            (v == "WINDOW_RECORDS").then(|| "1".to_owned())
+        }))
+        .pipeline(Pipeline::new("views"))
+        .build()
+        .unwrap();
+    let mut in_windows = to_kinesis_records(&[
+        Event::new("w1", "thing-updated", 1),
+        Event::new("w2", "thing-updated", 1),
+    ]);
+    in_windows.records[1].kinesis.data.0 = b"not json".to_vec();
     tracing::subscriber::with_default(subscriber, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -72,6 +85,10 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
                         to_kinesis_records(&[event, long]),
                         &context(Duration::from_secs(30)),
                     )
+                    .await
+                    .unwrap();
+                windowed
+                    .handle::<sources::Kinesis>(in_windows, &context(Duration::from_secs(30)))
                     .await
                     .unwrap();
             })
@@ -110,6 +127,18 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
         !text.contains("s3cr3t"),
         "an event's contents are never logged: {text}"
     );
+    let undecoded: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["fields"]["message"] == "record did not decode")
+        .unwrap_or_else(|| panic!("no decode warning in {text}"));
+    // the position counts from the window's first record, which the window's span gives
+    assert_eq!(undecoded["fields"]["position"], 0, "{undecoded}");
+    let window = undecoded["spans"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "window"))
+        .unwrap_or_else(|| panic!("no window span: {undecoded}"));
+    assert_eq!(window["first"], 1, "{undecoded}");
     // the fault event quotes as much of the message, in its message and its stack
     let published = faults.published();
     let err = &published
