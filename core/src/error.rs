@@ -180,7 +180,9 @@ pub enum BatchError {
     #[error("{0} record(s) must be retried; failing the invocation so it is delivered again")]
     Retry(usize),
     /// The invocation's payload does not parse as the source's event (the reason cut to 300
-    /// bytes): the invocation fails, as the Lambda runtime's own parse would fail it.
+    /// bytes): the invocation fails, as the Lambda runtime's own parse would fail it. (A
+    /// record of a Kinesis batch taken in windows that is not JSON fails only itself: see
+    /// [`Source::event_windows`](crate::sources::Source::event_windows).)
     #[error("the invocation's payload does not parse: {0}")]
     Payload(String),
     /// The invocation began with no more time than the deadline margin, so nothing could ever

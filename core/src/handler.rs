@@ -461,9 +461,10 @@ impl Handler {
     }
 
     /// Handles one invocation of source `S` from its payload's bytes, as [`run`](crate::run)
-    /// does: as [`handle`](Self::handle), but a big batch is read a window at a time
-    /// ([`Source::event_windows`]), so only one window's records are held at once. A payload
-    /// that does not parse is [`BatchError::Payload`].
+    /// does: as [`handle`](Self::handle), with the batch taken from
+    /// [`Source::event_windows`] (a big Kinesis batch is parsed a window at a time, so only one
+    /// window's records are held at once). A payload that does not parse is
+    /// [`BatchError::Payload`].
     ///
     /// ```
     /// use lambda_stream::{Event, Handler, Pipeline, sources, testing::*};
@@ -493,6 +494,7 @@ impl Handler {
         Box::pin(self.handle_windows::<S>(windows, invocation)).await
     }
 
+    /// Runs the windows, lets the circuit breaker observe the outcomes and answers as `S` does.
     async fn handle_windows<S: Source>(
         &self,
         windows: impl ExactSizeIterator<Item = S::Event>,

@@ -30,9 +30,10 @@ use crate::sources::Source;
 ///
 /// The handler reads each invocation's payload from its bytes
 /// ([`Handler::handle_payload`]): a batch of records in one pass, where the runtime's own
-/// typed deserialization would scan and copy each record before parsing it, and a big one a
-/// window at a time ([`Source::event_windows`]). A payload that does not parse fails the
-/// invocation, as the runtime's would.
+/// typed deserialization would scan and copy each record before parsing it, and a big Kinesis
+/// one a window at a time ([`Source::event_windows`]). A payload that does not parse fails the
+/// invocation, as the runtime's would (but a record of a Kinesis batch taken in windows that is
+/// not JSON is a fault of its own: see `Source::event_windows`).
 ///
 /// With the `otel` feature and trace export configured, each invocation is a span (the
 /// runtime's `OpenTelemetryLayer`) and its spans are flushed once the response is posted, before the
@@ -43,7 +44,7 @@ pub async fn run<S: Source>(handler: Handler) -> Result<(), lambda_runtime::Erro
         let handler = Arc::clone(&handler);
         let payload = PAYLOAD.with(|p| p.borrow_mut().take());
         async move {
-            let payload = payload.ok_or("the invocation's payload was not handed over")?;
+            let payload = handed(payload)?;
             Ok::<_, lambda_runtime::Error>(
                 handler.handle_payload::<S>(payload, &event.context).await?,
             )
@@ -61,6 +62,12 @@ pub async fn run<S: Source>(handler: Handler) -> Result<(), lambda_runtime::Erro
             .await;
     }
     runtime.run().await
+}
+
+/// The payload the layer handed over; its absence is a bug of ours, reported as the
+/// invocation's error rather than a panic.
+fn handed(payload: Option<Bytes>) -> Result<Bytes, lambda_runtime::Error> {
+    payload.ok_or_else(|| "the invocation's payload was not handed over".into())
 }
 
 thread_local! {
@@ -185,6 +192,8 @@ mod tests {
         assert!(e.len() < 400, "{} bytes", e.len());
         let ok = handle(Bytes::from_static(b"{\"Records\":[]}"));
         assert!(ok.unwrap().batch_item_failures.is_empty());
+        let e = handed(None).unwrap_err().to_string();
+        assert!(e.contains("not handed over"), "{e}");
     }
 
     #[test]

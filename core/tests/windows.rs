@@ -333,3 +333,76 @@ async fn a_duplicate_in_a_later_window_is_done_not_run_or_faulted_again() {
     let log = log.lock().unwrap();
     assert_eq!(log.len(), 6, "each good event applied once: {log:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn kinesis_windows_parsed_when_taken_come_back_after_the_deadline() {
+    let log: Log = Default::default();
+    let handler = Handler::builder(MemoryFaults::default())
+        .settings(&settings(2, ""))
+        .pipeline(applying(&log))
+        .build()
+        .unwrap();
+    let events = events(6, 1);
+    let batch = to_kinesis_records(&events);
+    let third = batch.records[2].kinesis.sequence_number.clone();
+    let payload = sources::Bytes::from(serde_json::to_vec(&batch).unwrap());
+    // 1 s kept back of 1.005 s: work may start for 5 ms, within the first window's pauses
+    let response = handler
+        .handle_payload::<sources::Kinesis>(payload, &context(Duration::from_millis(1_005)))
+        .await
+        .unwrap();
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(
+        response.batch_item_failures[0].item_identifier.as_deref(),
+        Some(third.as_str())
+    );
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_that_is_not_json_after_a_retry_keeps_its_id_and_waits_with_the_rest() {
+    let log: Log = Default::default();
+    let faults = Arc::new(MemoryFaults::default());
+    let handler = Handler::builder(faults.clone())
+        .settings(&settings(2, ""))
+        .in_key_order()
+        .pipeline(applying(&log))
+        .build()
+        .unwrap();
+    let mut events = events(4, 1);
+    events[1].id = "retry-k1".into();
+    let batch = to_kinesis_records(&events);
+    let second = batch.records[1].kinesis.sequence_number.clone();
+    // the fourth record (second window) is not JSON: its data is the bare word `tru`
+    let records: Vec<String> = batch
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let json = serde_json::to_string(r).unwrap();
+            if i == 3 {
+                json.replacen(r#""data":""#, r#""data":tru,"was":""#, 1)
+            } else {
+                json
+            }
+        })
+        .collect();
+    assert!(records[3].contains(":tru,"));
+    let payload = sources::Bytes::from(format!(r#"{{"Records":[{}]}}"#, records.join(",")));
+    let response = handler
+        .handle_payload::<sources::Kinesis>(payload, &context(Duration::from_secs(900)))
+        .await
+        .unwrap();
+    // the batch is not failed for a record without an id: the walk kept its sequence number,
+    // and Lambda delivers again from the retried record on
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(
+        response.batch_item_failures[0].item_identifier.as_deref(),
+        Some(second.as_str())
+    );
+    // its fault comes back with it, after the checkpoint: not raised now
+    assert!(faults.published().is_empty());
+    let log = log.lock().unwrap();
+    assert_eq!(by_key(&log)["k0"], [0], "{log:?}");
+    assert_eq!(by_key(&log)["k2"], [0], "{log:?}");
+}

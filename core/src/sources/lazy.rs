@@ -16,9 +16,13 @@ use super::{Lenient, REASON_BYTES, Records, Relaxed, each_record, skip};
 /// A batch's windows, in order, each parsed when it is taken.
 pub type Windows<E> = Box<dyn ExactSizeIterator<Item = E> + Send>;
 
-/// Where the record that starts at `start` of a payload ends, and whether it may be taken in
-/// a window; `None` when it is not JSON of the shape the probe reads.
-pub(crate) type Probe = fn(&[u8], usize) -> Option<(usize, bool)>;
+/// Where the record that starts at `start` of a payload ends and, when it may be taken in a
+/// window, where its id is (a JSON string: the id its response would name); `None` when it is
+/// not JSON of the shape the probe reads.
+pub(crate) type Probe = fn(&[u8], usize) -> Option<(usize, Option<Range<usize>>)>;
+
+/// A record's span of the payload, and its id's.
+type Span = (Range<usize>, Option<Range<usize>>);
 
 impl<R: Relaxed + Send + 'static> Records<R> {
     /// The payload's records in windows of at most `size`, each parsed when taken; one window
@@ -29,12 +33,12 @@ impl<R: Relaxed + Send + 'static> Records<R> {
         size: usize,
         probe: Probe,
     ) -> Option<Windows<Records<R>>> {
-        let mut spans: Vec<Range<usize>> = Vec::new();
+        let mut spans: Vec<Span> = Vec::new();
         let mut windowable = true;
         each_record(&payload, |start| {
-            let (end, ok) = probe(&payload, start)?;
-            windowable &= ok;
-            spans.push(start..end);
+            let (end, id) = probe(&payload, start)?;
+            windowable &= id.is_some();
+            spans.push((start..end, id));
             Some(end)
         })?;
         let size = if windowable {
@@ -57,7 +61,7 @@ impl<R: Relaxed + Send + 'static> Records<R> {
 /// The windows left of a payload walked once.
 struct Lazy<R> {
     payload: Bytes,
-    spans: std::vec::IntoIter<Range<usize>>,
+    spans: std::vec::IntoIter<Span>,
     size: usize,
     left: usize,
     parsed: std::marker::PhantomData<fn() -> R>,
@@ -72,8 +76,12 @@ impl<R: Relaxed> Iterator for Lazy<R> {
             .spans
             .by_ref()
             .take(self.size)
-            .map(|span| parse(&self.payload, span))
+            .map(|(span, id)| parse(&self.payload, span, id))
             .collect();
+        if self.left == 0 {
+            // no record keeps a slice of it: the last window's run need not hold it
+            self.payload = Bytes::new();
+        }
         Some(Records { records })
     }
 
@@ -87,14 +95,24 @@ impl<R: Relaxed> ExactSizeIterator for Lazy<R> {}
 /// The record at `span` of the payload, as [`Records::from_bytes`] reads it: in one pass where it
 /// parses, else on its own, isolated (see [`Lenient`]).
 ///
-/// A record that is not even JSON (the walk does not check) is isolated too, its text kept as a
-/// string, where a batch parsed whole fails the invocation: Lambda writes its events' JSON, so
-/// only a hand-made event has one.
-fn parse<R: Relaxed>(payload: &Bytes, span: Range<usize>) -> Lenient<R> {
+/// A record that is not even JSON (the walk does not check) is isolated too, where a batch
+/// parsed whole fails the invocation (Lambda writes its events' JSON, so only a hand-made event
+/// has one): its text is kept as a string (`text`), and with it the id the walk found, as
+/// `kinesis.sequenceNumber`, so a record let into a window still has the id its retry names.
+fn parse<R: Relaxed>(payload: &Bytes, span: Range<usize>, id: Option<Range<usize>>) -> Lenient<R> {
     let bytes = payload.slice(span);
-    let not_json = |reason: String| Lenient::Malformed {
-        raw: Value::String(String::from_utf8_lossy(&bytes).into_owned()),
-        reason: crate::faults::truncate(&reason, REASON_BYTES).to_owned(),
+    let not_json = |reason: String| {
+        let text = Value::String(String::from_utf8_lossy(&bytes).into_owned());
+        let id = id
+            .and_then(|id| payload.get(id))
+            .and_then(|id| serde_json::from_slice::<&str>(id).ok());
+        Lenient::Malformed {
+            raw: match id {
+                Some(id) => serde_json::json!({"kinesis": {"sequenceNumber": id}, "text": text}),
+                None => text,
+            },
+            reason: crate::faults::truncate(&reason, REASON_BYTES).to_owned(),
+        }
     };
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
@@ -109,12 +127,12 @@ fn parse<R: Relaxed>(payload: &Bytes, span: Range<usize>) -> Lenient<R> {
 }
 
 /// A Kinesis record: it may be taken in a window when its `kinesis.sequenceNumber` is a string
-/// (the id a record that does not parse is retried by:
-/// [`SourceRecord::item_identifier`](crate::SourceRecord::item_identifier) reads it first) and
+/// with no escape (the id a record that does not parse is retried by:
+/// [`SourceRecord::item_identifier`](crate::sources::SourceRecord::item_identifier) reads it first) and
 /// it has no `attributes` (where an SQS FIFO group is read). A key written with an escape, or
 /// one of these twice, stops the walk: the batch is then parsed whole, as before.
-pub(crate) fn kinesis(b: &[u8], start: usize) -> Option<(usize, bool)> {
-    let (mut kinesis, mut sequence, mut attributes) = (false, None::<bool>, false);
+pub(crate) fn kinesis(b: &[u8], start: usize) -> Option<(usize, Option<Range<usize>>)> {
+    let (mut kinesis, mut sequence, mut attributes) = (false, None::<Option<Range<usize>>>, false);
     let end = skip::object(b, start, |key, at| match key? {
         b"kinesis" if !kinesis => {
             kinesis = true;
@@ -123,8 +141,11 @@ pub(crate) fn kinesis(b: &[u8], start: usize) -> Option<(usize, bool)> {
             }
             skip::object(b, at, |key, at| match key? {
                 b"sequenceNumber" if sequence.is_none() => {
-                    sequence = Some(b.get(at) == Some(&b'"'));
-                    skip::value(b, at)
+                    let end = skip::value(b, at)?;
+                    let id = b.get(at..end)?;
+                    let string = serde_json::from_slice::<&str>(id).is_ok();
+                    sequence = Some(string.then_some(at..end));
+                    Some(end)
                 }
                 b"sequenceNumber" => None,
                 _ => skip::value(b, at),
@@ -137,7 +158,7 @@ pub(crate) fn kinesis(b: &[u8], start: usize) -> Option<(usize, bool)> {
         b"kinesis" | b"attributes" => None,
         _ => skip::value(b, at),
     })?;
-    Some((end, sequence == Some(true) && !attributes))
+    Some((end, sequence.flatten().filter(|_| !attributes)))
 }
 
 #[cfg(test)]
@@ -165,16 +186,20 @@ mod tests {
 
     #[test]
     fn the_kinesis_probe_passes_a_record_with_a_sequence_number_only() {
-        for (seq, ok) in [(r#""49""#, true), ("null", false), ("49", false)] {
+        let r = record(r#""49""#);
+        let at = r.find(r#""49""#).unwrap();
+        assert_eq!(kinesis(r.as_bytes(), 0), Some((r.len(), Some(at..at + 4))));
+        // not a string, or one with an escape: no id the probe can vouch for
+        for seq in ["null", "49", r#""4\u0039""#] {
             let r = record(seq);
-            assert_eq!(kinesis(r.as_bytes(), 0), Some((r.len(), ok)), "{seq}");
+            assert_eq!(kinesis(r.as_bytes(), 0), Some((r.len(), None)), "{seq}");
         }
         let no_seq = r#"{"kinesis":{"data":""}}"#;
-        assert_eq!(kinesis(no_seq.as_bytes(), 0), Some((no_seq.len(), false)));
+        assert_eq!(kinesis(no_seq.as_bytes(), 0), Some((no_seq.len(), None)));
         let fifo = r#"{"kinesis":{"sequenceNumber":"1"},"attributes":{"MessageGroupId":"g"}}"#;
-        assert_eq!(kinesis(fifo.as_bytes(), 0), Some((fifo.len(), false)));
+        assert_eq!(kinesis(fifo.as_bytes(), 0), Some((fifo.len(), None)));
         let odd = r#"{"kinesis":5,"attributes":null}"#;
-        assert_eq!(kinesis(odd.as_bytes(), 0), Some((odd.len(), false)));
+        assert_eq!(kinesis(odd.as_bytes(), 0), Some((odd.len(), None)));
         // what it cannot read, it does not pass: the batch is then parsed whole
         for bad in [
             r#"{"kinesis":{"#,
@@ -232,7 +257,11 @@ mod tests {
         assert_eq!(windows.len(), 2);
         match &windows[1][0] {
             Lenient::Malformed { raw, reason } => {
-                assert_eq!(raw.as_str(), Some(bad));
+                // its text, and the id its retry would name
+                assert_eq!(raw["text"], bad);
+                assert_eq!(raw["kinesis"]["sequenceNumber"], "2");
+                let record = crate::sources::SourceRecord::Raw(raw.clone());
+                assert_eq!(record.item_identifier(), Some("2"));
                 assert!(reason.contains("expected"), "{reason}");
             }
             other => panic!("{other:?}"),

@@ -126,6 +126,76 @@ mod tests {
         }
     }
 
+    /// A value of up to `depth` levels from a small generator (xorshift): strings with quotes,
+    /// backslashes, brackets and non-ASCII text, numbers, literals, arrays and objects.
+    fn generated(seed: &mut u64, depth: u32) -> serde_json::Value {
+        let mut next = || {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        };
+        let pieces = [
+            "a",
+            "\"",
+            "\\",
+            "{",
+            "]",
+            "é",
+            "\u{1F600}",
+            ",",
+            " ",
+            "\n",
+            "x\\\"",
+        ];
+        match next() % if depth == 0 { 4 } else { 6 } {
+            0 => serde_json::Value::Null,
+            1 => serde_json::json!(next() % 1000 == 0),
+            2 => serde_json::json!((next() % 100_000) as f64 / 7.0 - 5_000.0),
+            3 => {
+                let n = next() % 6;
+                let text: String = (0..n).map(|_| pieces[(next() % 11) as usize]).collect();
+                serde_json::Value::String(text)
+            }
+            4 => {
+                let n = next() % 4;
+                serde_json::Value::Array((0..n).map(|_| generated(seed, depth - 1)).collect())
+            }
+            _ => {
+                let n = next() % 4;
+                let map = (0..n)
+                    .map(|i| {
+                        (
+                            format!("k{i}{}", pieces[(i % 11) as usize]),
+                            generated(seed, depth - 1),
+                        )
+                    })
+                    .collect();
+                serde_json::Value::Object(map)
+            }
+        }
+    }
+
+    #[test]
+    fn generated_values_end_where_a_parser_says_they_do() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2_000 {
+            let value = generated(&mut seed, 4);
+            for text in [
+                serde_json::to_string(&value).unwrap(),
+                serde_json::to_string_pretty(&value).unwrap(),
+            ] {
+                let text = format!("{text}\n,");
+                let (_, end) = super::super::value_at::<serde::de::IgnoredAny>(&text, 0).unwrap();
+                assert_eq!(value_end(&text), Some(end), "{text}");
+            }
+        }
+    }
+
+    fn value_end(text: &str) -> Option<usize> {
+        value(text.as_bytes(), 0)
+    }
+
     #[test]
     fn what_ends_early_is_none() {
         for json in [r#""open"#, r#"{"a":[1,2"#, r#"]"#, r#""a\"#, ""] {
