@@ -92,11 +92,11 @@ impl StepError {
     /// ```
     pub fn chain(&self) -> String {
         let mut out = String::new();
-        push_cut(&mut out, &self.source.to_string());
+        let _ = write_cut(&mut out, &self.source.to_string());
         let mut cause = self.source.source();
         while let Some(c) = cause {
             out.push_str("\ncaused by: ");
-            push_cut(&mut out, &c.to_string());
+            let _ = write_cut(&mut out, &c.to_string());
             cause = c.source();
         }
         out
@@ -120,19 +120,19 @@ pub(crate) const MESSAGE_BYTES: usize = 500;
 /// ```
 impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut message = String::new();
-        push_cut(&mut message, &self.source.to_string());
-        write!(f, "{}: {message}", self.name)
+        write!(f, "{}: ", self.name)?;
+        write_cut(f, &self.source.to_string())
     }
 }
 
-/// Appends `text`, cut to [`MESSAGE_BYTES`] and saying how long it was when cut.
-fn push_cut(out: &mut String, text: &str) {
+/// Writes `text`, cut to [`MESSAGE_BYTES`] and saying how long it was when cut.
+fn write_cut(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
     let shown = crate::faults::truncate(text, MESSAGE_BYTES);
-    out.push_str(shown);
+    out.write_str(shown)?;
     if shown.len() < text.len() {
-        out.push_str(&format!("… ({} bytes)", text.len()));
+        write!(out, "… ({} bytes)", text.len())?;
     }
+    Ok(())
 }
 
 impl StdError for StepError {

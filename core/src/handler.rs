@@ -542,12 +542,9 @@ impl Handler {
         // counts from it, and the window's span says where that is
         let mut first = 0;
         for (i, window) in windows.enumerate() {
-            let decoded = if many {
-                let _window = tracing::info_span!("window", first).entered();
-                S::decode(window, &self.decode)
-            } else {
-                S::decode(window, &self.decode)
-            };
+            let span = many.then(|| tracing::info_span!("window", first).entered());
+            let decoded = S::decode(window, &self.decode);
+            drop(span);
             first += decoded.records.len();
             source = decoded.source;
             // the first window runs whatever the time: the pipelines say what did not start

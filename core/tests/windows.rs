@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::streams::KinesisEventResponse;
 use lambda_stream::idempotency::Idempotency;
 use lambda_stream::sources::{KinesisRecords, Source as _, SqsRecords};
 use lambda_stream::testing::*;
@@ -93,11 +94,7 @@ fn retried_ids(response: &SqsBatchResponse) -> Vec<&str> {
 
 /// Handles a Kinesis batch of `events`: parsed, or from its payload's bytes as `run` hands it
 /// over (each window parsed when taken).
-async fn kinesis(
-    handler: &Handler,
-    events: &[Event],
-    from_payload: bool,
-) -> aws_lambda_events::event::streams::KinesisEventResponse {
+async fn kinesis(handler: &Handler, events: &[Event], from_payload: bool) -> KinesisEventResponse {
     let batch = to_kinesis_records(events);
     let ctx = context(Duration::from_secs(900));
     if from_payload {
@@ -109,6 +106,40 @@ async fn kinesis(
         handler.handle::<sources::Kinesis>(batch, &ctx).await
     }
     .unwrap()
+}
+
+/// A handler in key order over `applying`, in windows of `window`: with its log and faults.
+fn in_key_order(window: usize) -> (Handler, Log, Arc<MemoryFaults>) {
+    let log: Log = Default::default();
+    let faults = Arc::new(MemoryFaults::default());
+    let handler = Handler::builder(faults.clone())
+        .settings(&settings(window, ""))
+        .in_key_order()
+        .pipeline(applying(&log))
+        .build()
+        .unwrap();
+    (handler, log, faults)
+}
+
+/// A handler over `applying`, in windows of `window`, with no order across pipelines: with
+/// its log.
+fn unordered(window: usize) -> (Handler, Log) {
+    let log: Log = Default::default();
+    let handler = Handler::builder(MemoryFaults::default())
+        .settings(&settings(window, ""))
+        .pipeline(applying(&log))
+        .build()
+        .unwrap();
+    (handler, log)
+}
+
+/// The stream's response names one record to retry from: the one with `sequence`.
+fn assert_checkpoint(response: &KinesisEventResponse, sequence: &str) {
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(
+        response.batch_item_failures[0].item_identifier.as_deref(),
+        Some(sequence)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -143,14 +174,7 @@ async fn after_a_stream_retry_later_windows_run_but_their_faults_wait_and_its_ke
 }
 
 async fn a_stream_retry_in_a_later_window(from_payload: bool) {
-    let log: Log = Default::default();
-    let faults = Arc::new(MemoryFaults::default());
-    let handler = Handler::builder(faults.clone())
-        .settings(&settings(4, ""))
-        .in_key_order()
-        .pipeline(applying(&log))
-        .build()
-        .unwrap();
+    let (handler, log, faults) = in_key_order(4);
     let mut events = events(4, 4);
     // the 6th record (second window) is retried; a poison record in the last window
     events[5].id = "retry-k1".into();
@@ -162,11 +186,7 @@ async fn a_stream_retry_in_a_later_window(from_payload: bool) {
     let response = kinesis(&handler, &events, from_payload).await;
     // Lambda delivers again from the retried record on (its record kept when the others'
     // were let go with their window)
-    assert_eq!(response.batch_item_failures.len(), 1);
-    assert_eq!(
-        response.batch_item_failures[0].item_identifier.as_deref(),
-        Some(sixth.as_str())
-    );
+    assert_checkpoint(&response, &sixth);
     let log = log.lock().unwrap();
     let keys = by_key(&log);
     // k1's later records wait behind its retried one, in every later window
@@ -181,14 +201,7 @@ async fn a_stream_retry_in_a_later_window(from_payload: bool) {
 
 #[tokio::test(start_paused = true)]
 async fn sqs_windows_run_on_after_a_retry_and_its_key_stays_blocked() {
-    let log: Log = Default::default();
-    let faults = Arc::new(MemoryFaults::default());
-    let handler = Handler::builder(faults.clone())
-        .settings(&settings(3, ""))
-        .in_key_order()
-        .pipeline(applying(&log))
-        .build()
-        .unwrap();
+    let (handler, log, faults) = in_key_order(3);
     // keys a and b, 5 messages each, alternating; a's second is retried (first window), and
     // b's last is poison (last window)
     let mut events = Vec::new();
@@ -224,12 +237,7 @@ async fn sqs_windows_run_on_after_a_retry_and_its_key_stays_blocked() {
 
 #[tokio::test(start_paused = true)]
 async fn windows_not_started_by_the_deadline_come_back() {
-    let log: Log = Default::default();
-    let handler = Handler::builder(MemoryFaults::default())
-        .settings(&settings(2, ""))
-        .pipeline(applying(&log))
-        .build()
-        .unwrap();
+    let (handler, log) = unordered(2);
     let events: Vec<Event> = (0..6)
         .map(|i| {
             Event::new(format!("k{i}-0"), "thing-updated", 1).with_partition_key(format!("k{i}"))
@@ -336,12 +344,7 @@ async fn a_duplicate_in_a_later_window_is_done_not_run_or_faulted_again() {
 
 #[tokio::test(start_paused = true)]
 async fn kinesis_windows_parsed_when_taken_come_back_after_the_deadline() {
-    let log: Log = Default::default();
-    let handler = Handler::builder(MemoryFaults::default())
-        .settings(&settings(2, ""))
-        .pipeline(applying(&log))
-        .build()
-        .unwrap();
+    let (handler, log) = unordered(2);
     let events = events(6, 1);
     let batch = to_kinesis_records(&events);
     let third = batch.records[2].kinesis.sequence_number.clone();
@@ -351,24 +354,13 @@ async fn kinesis_windows_parsed_when_taken_come_back_after_the_deadline() {
         .handle_payload::<sources::Kinesis>(payload, &context(Duration::from_millis(1_005)))
         .await
         .unwrap();
-    assert_eq!(response.batch_item_failures.len(), 1);
-    assert_eq!(
-        response.batch_item_failures[0].item_identifier.as_deref(),
-        Some(third.as_str())
-    );
+    assert_checkpoint(&response, &third);
     assert_eq!(log.lock().unwrap().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_record_that_is_not_json_after_a_retry_keeps_its_id_and_waits_with_the_rest() {
-    let log: Log = Default::default();
-    let faults = Arc::new(MemoryFaults::default());
-    let handler = Handler::builder(faults.clone())
-        .settings(&settings(2, ""))
-        .in_key_order()
-        .pipeline(applying(&log))
-        .build()
-        .unwrap();
+    let (handler, log, faults) = in_key_order(2);
     let mut events = events(4, 1);
     events[1].id = "retry-k1".into();
     let batch = to_kinesis_records(&events);
@@ -395,11 +387,7 @@ async fn a_record_that_is_not_json_after_a_retry_keeps_its_id_and_waits_with_the
         .unwrap();
     // the batch is not failed for a record without an id: the walk kept its sequence number,
     // and Lambda delivers again from the retried record on
-    assert_eq!(response.batch_item_failures.len(), 1);
-    assert_eq!(
-        response.batch_item_failures[0].item_identifier.as_deref(),
-        Some(second.as_str())
-    );
+    assert_checkpoint(&response, &second);
     // its fault comes back with it, after the checkpoint: not raised now
     assert!(faults.published().is_empty());
     let log = log.lock().unwrap();

@@ -314,16 +314,7 @@ impl<R: Relaxed> Records<R> {
 /// `record` is handed where each record starts and says where it ends (`None` when it cannot
 /// be read, which ends the walk with `None`, as a payload of another shape does).
 fn each_record(b: &[u8], mut record: impl FnMut(usize) -> Option<usize>) -> Option<()> {
-    let ws = |mut at: usize| {
-        // JSON's whitespace, which has no form feed
-        while b
-            .get(at)
-            .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-        {
-            at += 1;
-        }
-        at
-    };
+    let ws = |at: usize| skip::ws(b, at);
     let token = |at: usize, t: &[u8]| {
         b.get(at..at + t.len())
             .filter(|s| *s == t)

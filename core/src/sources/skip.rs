@@ -7,8 +7,8 @@
 //! taken, and a value this misreads leaves the walk off the payload's `,`/`]` structure, which
 //! then parses the batch whole.
 
-/// JSON's whitespace, which has no form feed.
-fn ws(b: &[u8], mut at: usize) -> usize {
+/// The offset after any JSON whitespace (which has no form feed) at `at`.
+pub(crate) fn ws(b: &[u8], mut at: usize) -> usize {
     while b
         .get(at)
         .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
