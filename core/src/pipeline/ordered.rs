@@ -1,8 +1,11 @@
 //! Async steps: order per key, concurrency across keys, and no waiting for other units.
 //!
-//! An async step pulls items from the step before it as soon as they are ready, and starts
+//! An async step pulls items from the step before it as it has room for them, and starts
 //! each as soon as no earlier item sharing one of its keys is still waiting or running in the
-//! step, up to `parallel` at once. Its outputs flow on to the next step right away, so a unit
+//! step, up to `parallel` at once. It pulls what its free calls need first and, while its calls
+//! are out, up to `parallel` more that could start (past any that wait for their key), so an
+//! ended call finds its successor ready and the steps before work during the wait, not in one
+//! burst before the first call. Its outputs flow on to the next step right away, so a unit
 //! goes through a whole pipeline without waiting for other units to finish earlier steps, and
 //! the units that start early finish early, whatever the deadline.
 //!
@@ -136,6 +139,11 @@ impl<T> Scheduler<T> {
         self.live -= 1;
     }
 
+    /// How many items may start now.
+    pub(crate) fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     /// True when every item pushed is over.
     pub(crate) fn is_empty(&self) -> bool {
         self.live == 0
@@ -193,7 +201,14 @@ where
     };
     stream::poll_fn(move |cx| {
         loop {
-            pull(&mut upstream, cx, |item| sched.push(keys_of(&item), item));
+            // only what the free calls need comes through the steps before first: the calls go
+            // out before the rest of the window is pulled (pulling it all took ~6 ms a
+            // 500-record window with no call out)
+            let free = parallel - running.len();
+            pull(&mut upstream, cx, |item| {
+                sched.push(keys_of(&item), item);
+                sched.ready_len() >= free
+            });
             while running.len() < parallel {
                 let Some((slot, item)) = sched.pop_ready() else {
                     break;
@@ -218,6 +233,17 @@ where
                     }
                 }
                 Poll::Ready(None) | Poll::Pending => {
+                    // the calls are out: pull ahead while they are, so a call that ends finds
+                    // the next item ready and the steps before do their work in the wait
+                    if upstream.is_some() && sched.ready_len() < parallel {
+                        pull(&mut upstream, cx, |item| {
+                            sched.push(keys_of(&item), item);
+                            sched.ready_len() >= parallel
+                        });
+                        if running.len() < parallel && sched.ready_len() > 0 {
+                            continue;
+                        }
+                    }
                     return if upstream.is_none() && sched.is_empty() && running.is_empty() {
                         Poll::Ready(None)
                     } else {
@@ -230,18 +256,23 @@ where
     .boxed()
 }
 
-/// Moves every item the upstream has ready into `push`; drops the upstream once it ends.
+/// Moves the items the upstream has ready into `push` until `push` says it has enough (true);
+/// drops the upstream once it ends.
 fn pull<T>(
     upstream: &mut Option<Items<T>>,
     cx: &mut std::task::Context<'_>,
-    mut push: impl FnMut(T),
+    mut push: impl FnMut(T) -> bool,
 ) {
     let Some(up) = upstream.as_mut() else {
         return;
     };
     loop {
         match up.poll_next_unpin(cx) {
-            Poll::Ready(Some(item)) => push(item),
+            Poll::Ready(Some(item)) => {
+                if push(item) {
+                    return;
+                }
+            }
             Poll::Ready(None) => {
                 *upstream = None;
                 return;
@@ -357,7 +388,8 @@ where
                 return Poll::Ready(Some(u));
             }
             pull(&mut upstream, cx, |item| {
-                chunks.waiting.push_back((keys_of(&item), item))
+                chunks.waiting.push_back((keys_of(&item), item));
+                false
             });
             if running.len() < parallel && !chunks.waiting.is_empty() {
                 let (chunk, keys) = chunks.take();
@@ -444,6 +476,52 @@ mod tests {
         s.finish(ab);
         s.finish(3);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_step_pulls_what_its_calls_need_and_as_many_again_not_the_whole_upstream() {
+        use crate::deadline::Deadline;
+        use crate::event::Event;
+        use crate::record::SourceRecord;
+        use crate::settings::Settings;
+        use crate::uow::UnitOfWork;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let record = Arc::new(SourceRecord::Raw(serde_json::Value::Null));
+        let units: Vec<UnitOfWork> = (0..100u32)
+            .map(|i| {
+                let mut event = Event::new(format!("e{i}"), "t", 1);
+                event.partition_key = Some(format!("k{i}"));
+                UnitOfWork::new(i, i, Arc::clone(&record), event, None, false)
+            })
+            .collect();
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&pulled);
+        let upstream = stream::iter(units)
+            .inspect(move |_| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            })
+            .boxed();
+        let ctx = Arc::new(RunCtx::new(
+            Arc::from("p"),
+            Deadline::none(),
+            100,
+            Arc::default(),
+            Arc::default(),
+            Arc::new(Settings::default()),
+        ));
+        // calls that never answer: what is pulled is what the first poll pulls
+        let call =
+            Arc::new(|_: UnitOfWork| futures::future::pending::<Result<UnitOfWork, StepError>>());
+        let mut out = each(ctx, upstream, 4, None, call);
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(out.poll_next_unpin(&mut cx).is_pending());
+        assert_eq!(
+            pulled.load(Ordering::Relaxed),
+            8,
+            "4 to start, 4 ready for when a call ends"
+        );
     }
 
     #[test]
