@@ -30,7 +30,7 @@ use crate::prepare::Prepare;
 use crate::response::Outcomes;
 use crate::settings::Settings;
 use crate::sources::{Bytes, DecodeOptions, Decoded, DynamoDbOptions, Source};
-use crate::uow::{UnitOfWork, anchor_of, keys_of};
+use crate::uow::{Anchor, UnitOfWork, anchor_of, keys_of};
 
 type Items<T> = BoxStream<'static, T>;
 
@@ -643,28 +643,43 @@ impl Handler {
                 .collect();
             carry.claimed = (0..self.pipelines.len()).map(|_| Arc::default()).collect();
         }
+        // what the end of the window needs of each unit, so the units themselves go to the
+        // pipelines: an event is freed as its last pipeline is done with it, in the calls'
+        // wait, rather than all of the window's at once after its last call
+        let places: Vec<(u32, Option<u64>)> = decoded
+            .units
+            .iter()
+            .map(|u| (u.shared.index, u.shared.key_hash))
+            .collect();
+        let units = std::mem::take(&mut decoded.units);
         let mut ctxs = Vec::with_capacity(self.pipelines.len());
         let mut accepted: Vec<Vec<UnitOfWork>> = Vec::with_capacity(self.pipelines.len());
-        let mut takers: Vec<Takers> = vec![Takers::new(); decoded.units.len()];
+        let mut accepted_units: Vec<usize> = Vec::with_capacity(self.pipelines.len());
+        let mut takers: Vec<Takers> = vec![Takers::new(); units.len()];
         for (i, p) in self.pipelines.iter().enumerate() {
             let blocked = Arc::clone(&carry.blocked[if self.key_order { 0 } else { 1 + i }]);
             let ctx = Arc::new(RunCtx::new(
                 Arc::clone(&p.id),
                 deadline,
-                decoded.units.len(),
+                units.len(),
                 blocked,
                 Arc::clone(&carry.claimed[i]),
                 Arc::clone(&self.settings),
             ));
-            let mut units = Vec::new();
-            for u in &decoded.units {
+            // in key order the gate hands the units over: a pipeline keeps no list of its own
+            let mut own = Vec::new();
+            let mut n = 0;
+            for u in &units {
                 // a rule's predicates are user code: a panic faults the unit in this pipeline
                 match catch_unwind(AssertUnwindSafe(|| p.rule.accepts(u))) {
                     Ok(false) => {}
                     Ok(true) => {
                         ctx.accept(u.shared.unit);
                         takers[u.shared.unit as usize].push(i as u16);
-                        units.push(u.clone());
+                        n += 1;
+                        if !self.key_order {
+                            own.push(u.clone());
+                        }
                     }
                     Err(panic) => {
                         ctx.accept(u.shared.unit);
@@ -673,15 +688,11 @@ impl Handler {
                 }
             }
             ctxs.push(ctx);
-            accepted.push(units);
+            accepted.push(own);
+            accepted_units.push(n);
         }
-        let accepted_units: Vec<usize> = if metrics.is_some() {
-            accepted.iter().map(Vec::len).collect()
-        } else {
-            Vec::new()
-        };
         let sources: Vec<Items<UnitOfWork>> = if self.key_order {
-            let (gate, receivers) = KeyGate::new(&decoded.units, takers, self.pipelines.len());
+            let (gate, receivers) = KeyGate::new(units, takers, self.pipelines.len());
             let gate = Arc::new(gate);
             ctxs.iter()
                 .zip(receivers)
@@ -705,9 +716,10 @@ impl Handler {
                 })
                 .collect()
         } else {
+            drop(units);
             accepted
-                .iter_mut()
-                .map(|units| stream::iter(std::mem::take(units)).boxed())
+                .into_iter()
+                .map(|units| stream::iter(units).boxed())
                 .collect()
         };
         let mut runs = Vec::with_capacity(self.pipelines.len());
@@ -753,9 +765,8 @@ impl Handler {
         let mut answers: Vec<Option<Transformed>> = Vec::new();
         let mut answered_by: Vec<usize> = Vec::new();
         for (p, ctx) in ctxs.iter().enumerate() {
-            for (unit, answer) in ctx.take_answers() {
-                let u = &decoded.units[unit as usize];
-                let index = u.shared.index as usize;
+            for (origin, answer) in ctx.take_answers() {
+                let index = origin.index as usize;
                 if answers.is_empty() {
                     answers.resize_with(decoded.records.len(), || None);
                     answered_by.resize(decoded.records.len(), 0);
@@ -766,7 +777,7 @@ impl Handler {
                         "pipeline `{first}` already answered for this record: one answer a record"
                     ))
                     .named("AnswerConflict");
-                    ctx.fault(anchor_of(u), err);
+                    ctx.fault(Anchor::from_iter([origin]), err);
                 } else {
                     answers[index] = Some(answer);
                     answered_by[index] = p;
@@ -795,7 +806,7 @@ impl Handler {
                 m.pipelines.insert(ctx.pipeline.to_string(), p);
             }
             for (unit, outcome) in ctx.outcomes() {
-                let o = &mut outcomes[decoded.units[unit].shared.index as usize];
+                let o = &mut outcomes[places[unit].0 as usize];
                 *o = (*o).max(outcome);
             }
             faults.extend(
@@ -829,10 +840,9 @@ impl Handler {
             .collect();
         if !finishers.is_empty() {
             let finals: Arc<Vec<Outcome>> = Arc::new(
-                decoded
-                    .units
+                places
                     .iter()
-                    .map(|u| outcomes[u.shared.index as usize])
+                    .map(|(index, _)| outcomes[*index as usize])
                     .collect(),
             );
             let all = join_all(
@@ -854,9 +864,9 @@ impl Handler {
 
         // a key with a record to retry stays blocked in the windows after this one, in every
         // pipeline: its later records would otherwise overtake the one coming back
-        let retried = decoded.units.iter().filter_map(|u| {
-            (outcomes[u.shared.index as usize] == Outcome::Retry)
-                .then_some(u.shared.key_hash)
+        let retried = places.iter().filter_map(|(index, key_hash)| {
+            (outcomes[*index as usize] == Outcome::Retry)
+                .then_some(*key_hash)
                 .flatten()
         });
         let retried: Vec<u64> = retried.collect();

@@ -17,7 +17,8 @@ use crate::uow::UnitOfWork;
 pub(crate) type Takers = SmallVec<[u16; 2]>;
 
 struct Inner {
-    units: Vec<UnitOfWork>,
+    /// Each unit until it is let in: the pipelines then hold it, and free it when done.
+    units: Vec<Option<UnitOfWork>>,
     takers: Vec<Takers>,
     /// Pipelines still running each unit.
     pending: Vec<u16>,
@@ -30,11 +31,22 @@ struct Inner {
 
 impl Inner {
     fn release(&mut self, unit: usize) {
-        for &p in &self.takers[unit] {
+        let Some(whole) = self.units.get_mut(unit).and_then(Option::take) else {
+            return;
+        };
+        let last = self.takers[unit].len().saturating_sub(1);
+        let mut whole = Some(whole);
+        for (i, &p) in self.takers[unit].iter().enumerate() {
             let p = p as usize;
-            if let Some(tx) = &self.senders[p] {
+            // the last pipeline gets the unit itself, the others a handle on it
+            let u = if i == last {
+                whole.take()
+            } else {
+                whole.clone()
+            };
+            if let (Some(tx), Some(u)) = (&self.senders[p], u) {
                 // a closed receiver means the run was cut short: nothing left to order
-                let _ = tx.unbounded_send(self.units[unit].clone());
+                let _ = tx.unbounded_send(u);
             }
             self.to_send[p] -= 1;
             if self.to_send[p] == 0 {
@@ -53,7 +65,7 @@ impl KeyGate {
     /// A gate over `units` (the batch's, in order), `takers[u]` naming the pipelines that take
     /// unit `u`; returns it with each pipeline's incoming units.
     pub(crate) fn new(
-        units: &[UnitOfWork],
+        units: Vec<UnitOfWork>,
         takers: Vec<Takers>,
         pipelines: usize,
     ) -> (Self, Vec<UnboundedReceiver<UnitOfWork>>) {
@@ -88,7 +100,7 @@ impl KeyGate {
             }
         }
         let mut inner = Inner {
-            units: units.to_vec(),
+            units: units.into_iter().map(Some).collect(),
             pending: takers.iter().map(|t| t.len() as u16).collect(),
             takers,
             next,
@@ -123,5 +135,47 @@ impl KeyGate {
         {
             inner.release(n as usize);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use crate::record::SourceRecord;
+    use futures::StreamExt;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_gate_keeps_no_unit_it_has_let_in() {
+        let record = Arc::new(SourceRecord::Raw(serde_json::Value::Null));
+        let units: Vec<UnitOfWork> = (0..3u32)
+            .map(|i| {
+                let mut event = Event::new(format!("e{i}"), "t", 1);
+                event.partition_key = Some("k".into());
+                UnitOfWork::new(i, i, Arc::clone(&record), event, None, false)
+            })
+            .collect();
+        let first = Arc::clone(&units[0].shared);
+        let takers = vec![Takers::from_slice(&[0, 1]); 3];
+        let (gate, mut receivers) = KeyGate::new(units, takers, 2);
+        let mut rx1 = receivers.pop().unwrap();
+        let mut rx0 = receivers.pop().unwrap();
+        let (a, b) = futures::executor::block_on(async { (rx0.next().await, rx1.next().await) });
+        assert_eq!(
+            Arc::strong_count(&first),
+            3,
+            "this test's handle and the two pipelines'"
+        );
+        drop((a, b));
+        assert_eq!(
+            Arc::strong_count(&first),
+            1,
+            "once the pipelines are done with it, the unit is freed: the gate holds none"
+        );
+        gate.finished(0);
+        gate.finished(0);
+        let next = futures::executor::block_on(rx0.next()).unwrap();
+        assert_eq!(next.shared.index, 1, "the key's next unit goes in");
     }
 }

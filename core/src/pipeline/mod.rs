@@ -445,8 +445,8 @@ impl Pipeline<UnitOfWork<Transformed>> {
         self.step(|ctx, items| {
             items
                 .map(move |uow: UnitOfWork<Transformed>| {
-                    let unit = uow.shared.unit;
-                    uow.map_state(|answer| ctx.answer(unit, answer))
+                    let origin = Arc::clone(&uow.shared);
+                    uow.map_state(|answer| ctx.answer(origin, answer))
                 })
                 .boxed()
         })

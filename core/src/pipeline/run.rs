@@ -14,7 +14,7 @@ use crate::error::{ErrorClass, StepError};
 use crate::faults::quoted;
 use crate::outcome::{Outcome, Transformed};
 use crate::settings::Settings;
-use crate::uow::{Anchor, Work, anchor_of};
+use crate::uow::{Anchor, Origin, Work, anchor_of};
 
 use super::gate::KeyGate;
 
@@ -111,7 +111,7 @@ pub(crate) struct RunCtx {
     /// Work to do once the batch is over and its faults published (settling claims).
     finishers: Mutex<Vec<Finisher>>,
     /// What units answered (a Firehose transformation's data), by unit ordinal.
-    answers: Mutex<Vec<(u32, Transformed)>>,
+    answers: Mutex<Vec<(Arc<Origin>, Transformed)>>,
     /// Units sent back for retry, by the name of why (metrics).
     retried_by: Mutex<std::collections::BTreeMap<String, usize>>,
 }
@@ -310,15 +310,15 @@ impl RunCtx {
     }
 
     /// Records what a unit answers (moved in: the data is not copied on its way out).
-    pub(crate) fn answer(&self, unit: u32, answer: Transformed) {
+    pub(crate) fn answer(&self, origin: Arc<Origin>, answer: Transformed) {
         self.answers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((unit, answer));
+            .push((origin, answer));
     }
 
-    /// The answers given, by unit ordinal, taken once the run is over.
-    pub(crate) fn take_answers(&self) -> Vec<(u32, Transformed)> {
+    /// The answers given, with the unit that gave each, taken once the run is over.
+    pub(crate) fn take_answers(&self) -> Vec<(Arc<Origin>, Transformed)> {
         std::mem::take(&mut *self.answers.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
