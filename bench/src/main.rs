@@ -96,12 +96,13 @@ impl Network {
             let mut due = Vec::new();
             loop {
                 let now = Instant::now();
-                let next = {
+                let (next, gone) = {
                     let mut q = held.lock().unwrap_or_else(|e| e.into_inner());
                     while q.front().is_some_and(|(at, _)| *at <= now) {
                         due.extend(q.pop_front());
                     }
-                    q.front().map(|(at, _)| *at)
+                    // under the lock: no request can be queued between the two looks
+                    (q.front().map(|(at, _)| *at), Arc::strong_count(&held) == 1)
                 };
                 for (_, answer) in due.drain(..) {
                     let _ = answer.send(());
@@ -109,7 +110,7 @@ impl Network {
                 match next {
                     Some(at) => std::thread::sleep(at.saturating_duration_since(Instant::now())),
                     // the last handle is gone: nothing more can be sent
-                    None if Arc::strong_count(&held) == 1 => return,
+                    None if gone => return,
                     None => std::thread::sleep(IDLE),
                 }
             }

@@ -100,7 +100,12 @@ impl KeyGate {
             }
         }
         let mut inner = Inner {
-            units: units.into_iter().map(Some).collect(),
+            // a unit no pipeline takes is never let in: it is not kept either
+            units: units
+                .into_iter()
+                .zip(&takers)
+                .map(|(u, t)| (!t.is_empty()).then_some(u))
+                .collect(),
             pending: takers.iter().map(|t| t.len() as u16).collect(),
             takers,
             next,

@@ -205,10 +205,12 @@ where
             // out before the rest of the window is pulled (pulling it all took ~6 ms a
             // 500-record window with no call out)
             let free = parallel - running.len();
-            pull(&mut upstream, cx, |item| {
-                sched.push(keys_of(&item), item);
-                sched.ready_len() >= free
-            });
+            if sched.ready_len() < free {
+                pull(&mut upstream, cx, |item| {
+                    sched.push(keys_of(&item), item);
+                    sched.ready_len() >= free
+                });
+            }
             while running.len() < parallel {
                 let Some((slot, item)) = sched.pop_ready() else {
                     break;
@@ -521,6 +523,12 @@ mod tests {
             pulled.load(Ordering::Relaxed),
             8,
             "4 to start, 4 ready for when a call ends"
+        );
+        assert!(out.poll_next_unpin(&mut cx).is_pending());
+        assert_eq!(
+            pulled.load(Ordering::Relaxed),
+            8,
+            "polled again with its calls out and 4 ready, it pulls no more"
         );
     }
 

@@ -110,7 +110,7 @@ pub(crate) struct RunCtx {
     failures: Mutex<Vec<(u32, String)>>,
     /// Work to do once the batch is over and its faults published (settling claims).
     finishers: Mutex<Vec<Finisher>>,
-    /// What units answered (a Firehose transformation's data), by unit ordinal.
+    /// What units answered (a Firehose transformation's data), with the unit that gave each.
     answers: Mutex<Vec<(Arc<Origin>, Transformed)>>,
     /// Units sent back for retry, by the name of why (metrics).
     retried_by: Mutex<std::collections::BTreeMap<String, usize>>,
