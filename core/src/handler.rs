@@ -12,6 +12,7 @@ use lambda_runtime::Context;
 use std::future::ready;
 use tracing::Instrument;
 
+use crate::ahead::{Ahead, Progress, chunk_of};
 use crate::breaker::CircuitBreaker;
 use crate::claimcheck::ClaimCheckStore;
 use crate::deadline::{self, Deadline};
@@ -75,6 +76,8 @@ struct Carry {
     comes_back: bool,
     /// The invocation's metrics so far.
     metrics: Option<InvocationMetrics>,
+    /// How far the window running has come.
+    progress: Arc<Progress>,
 }
 
 impl Carry {
@@ -85,6 +88,7 @@ impl Carry {
             claimed: Vec::new(),
             comes_back: false,
             metrics: None,
+            progress: Arc::default(),
         }
     }
 
@@ -454,7 +458,7 @@ impl Handler {
         ctx: &Context,
     ) -> Result<S::Response, BatchError> {
         let invocation = self.start(ctx)?;
-        let windows = S::windows(event.into(), self.settings.window).into_iter();
+        let windows = S::windows(event.into(), chunk_of(self.settings.window)).into_iter();
         // boxed: the whole run nested in a caller's future is deeper than the compiler's
         // default layout limit
         Box::pin(self.handle_windows::<S>(windows, invocation)).await
@@ -484,7 +488,7 @@ impl Handler {
         payload: Bytes,
         ctx: &Context,
     ) -> Result<S::Response, BatchError> {
-        let windows = S::event_windows(payload, self.settings.window).map_err(|e| {
+        let windows = S::event_windows(payload, chunk_of(self.settings.window)).map_err(|e| {
             // serde's message can quote a whole string of the payload
             let reason = e.to_string();
             BatchError::Payload(crate::faults::truncate(&reason, 300).to_owned())
@@ -526,26 +530,22 @@ impl Handler {
         outcomes
     }
 
-    /// Decodes and runs each window when the one before it has ended (see
-    /// [`Settings::window`]), carrying what a window leaves the next ([`Carry`]).
+    /// Runs each window when the one before it has ended (see [`Settings::window`]), carrying
+    /// what a window leaves the next ([`Carry`]); `chunks` is the batch cut as [`chunk_of`]
+    /// says, and a window is decoded while the one before it runs ([`Ahead`]).
     async fn process_windows<S: Source>(
         &self,
-        windows: impl ExactSizeIterator<Item = S::Event>,
+        chunks: impl ExactSizeIterator<Item = S::Event>,
         invocation: &Invocation,
     ) -> Outcomes {
         let started = std::time::Instant::now();
         let mut carry = Carry::new(started);
         let mut all: Option<Outcomes> = None;
         let mut source = "";
-        let many = windows.len() > 1;
-        // the batch position of the window's first record: a decode warning's `position`
-        // counts from it, and the window's span says where that is
-        let mut first = 0;
-        for (i, window) in windows.enumerate() {
-            let span = many.then(|| tracing::info_span!("window", first).entered());
-            let decoded = S::decode(window, &self.decode);
-            drop(span);
-            first += decoded.records.len();
+        let mut windows = Ahead::<S, _>::new(chunks, self.settings.window, &self.decode);
+        let many = windows.many();
+        let mut i = 0;
+        while let Some(decoded) = windows.window() {
             source = decoded.source;
             // the first window runs whatever the time: the pipelines say what did not start
             let mut outcomes = if i > 0 && invocation.deadline.passed() {
@@ -555,8 +555,12 @@ impl Handler {
                 }
                 Outcomes::all_retry(decoded.records)
             } else {
-                self.run_window(decoded, invocation, &mut carry).await
+                let progress = Arc::new(Progress::default());
+                carry.progress = Arc::clone(&progress);
+                let run = self.run_window(decoded, invocation, &mut carry);
+                windows.overlap(run, &progress).await
             };
+            i += 1;
             carry.comes_back |= S::REDELIVERY == Redelivery::FromCheckpoint
                 && outcomes.outcomes.contains(&Outcome::Retry);
             if many {
@@ -666,6 +670,7 @@ impl Handler {
                 Arc::clone(&carry.claimed[i]),
                 Arc::clone(&self.settings),
             ));
+            ctx.set_progress(Arc::clone(&carry.progress));
             // in key order the gate hands the units over: a pipeline keeps no list of its own
             let mut own = Vec::new();
             let mut n = 0;

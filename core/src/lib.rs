@@ -59,6 +59,7 @@ pub mod testing;
 pub mod traces;
 
 // The layers below: their items are re-exported here, once.
+mod ahead;
 mod delivery;
 mod error;
 mod event;

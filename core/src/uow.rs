@@ -101,15 +101,7 @@ impl UnitOfWork<()> {
         if unit == self.shared.unit && event.is_none() {
             return self;
         }
-        let origin = Arc::try_unwrap(self.shared).unwrap_or_else(|shared| Origin {
-            index: shared.index,
-            unit: shared.unit,
-            key_hash: shared.key_hash,
-            record: Arc::clone(&shared.record),
-            event: shared.event.clone(),
-            source_key: shared.source_key.clone(),
-            latched: shared.latched,
-        });
+        let origin = owned(self.shared);
         UnitOfWork::new(
             origin.index,
             unit,
@@ -120,11 +112,42 @@ impl UnitOfWork<()> {
         )
     }
 
+    /// This unit with its record's position and its own ordinal moved on by `records` and
+    /// `units`: a window decoded in chunks numbers each chunk's units from 0.
+    pub(crate) fn shifted(mut self, records: u32, units: u32) -> Self {
+        // a unit just decoded has no other handle, so is moved on in place
+        if let Some(origin) = Arc::get_mut(&mut self.shared) {
+            origin.index += records;
+            origin.unit += units;
+            return self;
+        }
+        let mut origin = owned(self.shared);
+        origin.index += records;
+        origin.unit += units;
+        UnitOfWork {
+            shared: Arc::new(origin),
+            state: self.state,
+        }
+    }
+
     /// A unit of work around `event` with no original record, for tests of mapping functions.
     pub fn for_test(event: Event) -> Self {
         let record = Arc::new(SourceRecord::Raw(serde_json::Value::Null));
         UnitOfWork::new(0, 0, record, event, None, false)
     }
+}
+
+/// The origin itself, copied when another handle shares it.
+fn owned(shared: Arc<Origin>) -> Origin {
+    Arc::try_unwrap(shared).unwrap_or_else(|shared| Origin {
+        index: shared.index,
+        unit: shared.unit,
+        key_hash: shared.key_hash,
+        record: Arc::clone(&shared.record),
+        event: shared.event.clone(),
+        source_key: shared.source_key.clone(),
+        latched: shared.latched,
+    })
 }
 
 impl<S> UnitOfWork<S> {

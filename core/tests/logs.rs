@@ -132,12 +132,12 @@ fn a_fault_line_names_the_request_the_pipeline_the_event_and_its_correlation() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .find(|l| l["fields"]["message"] == "record did not decode")
         .unwrap_or_else(|| panic!("no decode warning in {text}"));
-    // the position counts from the window's first record, which the window's span gives
+    // the position counts from the first record decoded with it, which the decode span gives
     assert_eq!(undecoded["fields"]["position"], 0, "{undecoded}");
     let window = undecoded["spans"]
         .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "window"))
-        .unwrap_or_else(|| panic!("no window span: {undecoded}"));
+        .and_then(|s| s.iter().find(|s| s["name"] == "decode"))
+        .unwrap_or_else(|| panic!("no decode span: {undecoded}"));
     assert_eq!(window["first"], 1, "{undecoded}");
     // the fault event quotes as much of the message, in its message and its stack
     let published = faults.published();

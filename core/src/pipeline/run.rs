@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use crate::ahead::Progress;
 use crate::deadline::Deadline;
 use crate::error::{ErrorClass, StepError};
 use crate::faults::quoted;
@@ -106,6 +107,8 @@ pub(crate) struct RunCtx {
     faults: Mutex<Vec<RaisedFault>>,
     /// With order per key across pipelines: told when a unit is over here.
     gate: OnceLock<Arc<KeyGate>>,
+    /// The window's progress, told of every unit taken and over here.
+    progress: OnceLock<Arc<Progress>>,
     /// Units whose step failed transiently, and why (what idempotency counts as attempts).
     failures: Mutex<Vec<(u32, String)>>,
     /// Work to do once the batch is over and its faults published (settling claims).
@@ -146,6 +149,7 @@ impl RunCtx {
             settled: (0..units).map(|_| AtomicU8::new(0)).collect(),
             faults: Mutex::new(Vec::new()),
             gate: OnceLock::new(),
+            progress: OnceLock::new(),
             failures: Mutex::new(Vec::new()),
             finishers: Mutex::new(Vec::new()),
             answers: Mutex::new(Vec::new()),
@@ -158,10 +162,18 @@ impl RunCtx {
         let _ = self.gate.set(gate);
     }
 
+    /// Tells `progress` of every unit taken and over from now on.
+    pub(crate) fn set_progress(&self, progress: Arc<Progress>) {
+        let _ = self.progress.set(progress);
+    }
+
     /// Marks a unit accepted by the pipeline: pending until settled.
     pub(crate) fn accept(&self, unit: u32) {
         if let Some(s) = self.settled.get(unit as usize) {
             s.store(PENDING, Ordering::Relaxed);
+            if let Some(progress) = self.progress.get() {
+                progress.took();
+            }
         }
     }
 
@@ -170,10 +182,13 @@ impl RunCtx {
             return;
         };
         let before = s.fetch_max(code(outcome), Ordering::AcqRel);
-        if before == PENDING
-            && let Some(gate) = self.gate.get()
-        {
-            gate.finished(unit);
+        if before == PENDING {
+            if let Some(progress) = self.progress.get() {
+                progress.over();
+            }
+            if let Some(gate) = self.gate.get() {
+                gate.finished(unit);
+            }
         }
     }
 

@@ -52,9 +52,11 @@ pub trait Source: Send + Sync + 'static {
     fn event(payload: &bytes::Bytes) -> serde_json::Result<Self::Event> {
         serde_json::from_slice(payload)
     }
-    /// The event cut into windows of at most `size` records, in order, each decoded and run
-    /// when the one before it has ended (see [`Settings::window`](crate::Settings::window)).
-    /// By default one window: a source Lambda delivers again whole keeps it, since a fault
+    /// The event cut into pieces of at most `size` records, in order. The handler asks for
+    /// pieces of a divisor of [`Settings::window`](crate::Settings::window) (25 records for
+    /// windows of 500), decodes one at a time and groups them back into windows: each window
+    /// runs when the one before it has ended, and is decoded while that one's calls are out.
+    /// By default one piece, so one window: a source Lambda delivers again whole keeps it, since a fault
     /// published by an early window would be raised again when a later one fails the event.
     /// When there is more than one window, each window's outcomes keep only the records to
     /// retry and the window's first once it has run, so [`respond`](Source::respond) may read
@@ -63,7 +65,7 @@ pub trait Source: Send + Sync + 'static {
         let _ = size;
         vec![event]
     }
-    /// The event from the invocation's payload in windows of at most `size` records, as
+    /// The event from the invocation's payload in pieces of at most `size` records, as
     /// [`windows`](Source::windows) cuts it, each parsed when its turn comes: what
     /// [`run`](crate::run) hands the handler ([`Handler::handle_payload`](crate::Handler::handle_payload)).
     /// By default the event is parsed whole ([`event`](Source::event)) and then cut. A

@@ -566,6 +566,24 @@ impl Decoded {
         self.source
     }
 
+    /// Takes in `later`, the records that follow this one's in the batch (a window decoded a
+    /// chunk at a time): its positions and its units' ordinals are moved on past this one's.
+    pub(crate) fn append(&mut self, later: Decoded) {
+        debug_assert_eq!(self.source, later.source);
+        let (records, units) = (self.records.len() as u32, self.units.len() as u32);
+        self.records.extend(later.records);
+        self.units
+            .extend(later.units.into_iter().map(|u| u.shifted(records, units)));
+        self.failures.extend(
+            later
+                .failures
+                .into_iter()
+                .map(|(position, err)| (position + records, err)),
+        );
+        self.retries
+            .extend(later.retries.into_iter().map(|position| position + records));
+    }
+
     /// Runs `decode` on each record that parsed; each malformed one becomes a decode failure.
     fn each<R>(
         source: &'static str,
