@@ -15,7 +15,8 @@ use std::task::Poll;
 
 use crate::sources::{DecodeOptions, Decoded, Source};
 
-/// The most records decoded in one turn: ~0.5 ms of a Kinesis batch's decode.
+/// The most records decoded in one turn: ~0.5 ms of a Kinesis batch's decode. A window of a
+/// size with no divisor from 8 to 32 (499, say) is decoded whole, in one turn.
 const CHUNK: usize = 32;
 
 /// The chunk a window of `window` records is cut in: its largest divisor from 8 to 32, so a
@@ -50,9 +51,11 @@ impl Progress {
         self.over.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// True when three in four of the units taken are over.
+    /// True when the pipelines have taken units and three in four of them are over (not
+    /// while the window is still being prepared: claim checks redeemed, say).
     fn mostly_over(&self) -> bool {
-        4 * self.over.load(Ordering::Relaxed) >= 3 * self.taken.load(Ordering::Relaxed)
+        let taken = self.taken.load(Ordering::Relaxed);
+        taken > 0 && 4 * self.over.load(Ordering::Relaxed) >= 3 * taken
     }
 }
 
@@ -64,8 +67,8 @@ pub(crate) struct Ahead<'a, S: Source, I> {
     /// The batch position of the next chunk's first record: a decode warning's `position`
     /// counts from it, and the chunk's span says where that is.
     first: usize,
-    /// More than one window, so each chunk's decode has a span that says where it starts.
-    many: bool,
+    /// More than one chunk, so each chunk's decode has a span that says where it starts.
+    spans: bool,
     /// The window being decoded.
     next: Option<Decoded>,
     /// A chunk decoded that does not fit in the window being decoded: the next one's first.
@@ -78,13 +81,13 @@ impl<'a, S: Source, I: ExactSizeIterator<Item = S::Event>> Ahead<'a, S, I> {
     /// The windows of `window` records from `chunks`, the batch cut as
     /// [`chunk_of`]`(window)` says.
     pub(crate) fn new(chunks: I, window: usize, options: &'a DecodeOptions) -> Self {
-        let many = chunks.len() > window.max(1) / chunk_of(window);
+        let spans = chunks.len() > 1;
         Ahead {
             chunks,
             window: window.max(1),
             options,
             first: 0,
-            many,
+            spans,
             next: None,
             spill: None,
             ended: false,
@@ -92,9 +95,9 @@ impl<'a, S: Source, I: ExactSizeIterator<Item = S::Event>> Ahead<'a, S, I> {
         }
     }
 
-    /// True when the batch has more than one window.
-    pub(crate) fn many(&self) -> bool {
-        self.many
+    /// True when records are left after the windows taken so far.
+    pub(crate) fn more(&self) -> bool {
+        self.next.is_some() || self.spill.is_some() || (!self.ended && self.chunks.len() > 0)
     }
 
     /// The next window, decoded now as far as it was not decoded ahead.
@@ -155,7 +158,7 @@ impl<'a, S: Source, I: ExactSizeIterator<Item = S::Event>> Ahead<'a, S, I> {
             return;
         };
         let span = self
-            .many
+            .spans
             .then(|| tracing::info_span!("decode", first = self.first).entered());
         let decoded = S::decode(chunk, self.options);
         drop(span);
@@ -202,10 +205,11 @@ mod tests {
         let chunks = <Kinesis as Source>::windows(to_kinesis_records(&events).into(), chunk_of(10));
         let options = DecodeOptions::default();
         let mut ahead = Ahead::<Kinesis, _>::new(chunks.into_iter(), 10, &options);
-        assert!(ahead.many());
         let mut sizes = Vec::new();
+        let mut more = Vec::new();
         let mut unit = 0;
         while let Some(window) = ahead.window() {
+            more.push(ahead.more());
             for (i, u) in window.units.iter().enumerate() {
                 assert_eq!(u.position(), i, "each window counts positions from 0");
                 assert_eq!(u.shared.unit as usize, i);
@@ -215,6 +219,7 @@ mod tests {
             sizes.push(window.records.len());
         }
         assert_eq!(sizes, [10, 10, 3]);
+        assert_eq!(more, [true, true, false]);
         assert_eq!(unit, 23);
     }
 

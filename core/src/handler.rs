@@ -466,8 +466,8 @@ impl Handler {
 
     /// Handles one invocation of source `S` from its payload's bytes, as [`run`](crate::run)
     /// does: as [`handle`](Self::handle), with the batch taken from
-    /// [`Source::event_windows`] (a big Kinesis batch is parsed a window at a time, so only one
-    /// window's records are held at once). A payload that does not parse is
+    /// [`Source::event_windows`] (a big Kinesis batch is parsed a few dozen records at a time,
+    /// so little more than one window's records are held at once). A payload that does not parse is
     /// [`BatchError::Payload`].
     ///
     /// ```
@@ -543,9 +543,9 @@ impl Handler {
         let mut all: Option<Outcomes> = None;
         let mut source = "";
         let mut windows = Ahead::<S, _>::new(chunks, self.settings.window, &self.decode);
-        let many = windows.many();
         let mut i = 0;
         while let Some(decoded) = windows.window() {
+            let many = i > 0 || windows.more();
             source = decoded.source;
             // the first window runs whatever the time: the pipelines say what did not start
             let mut outcomes = if i > 0 && invocation.deadline.passed() {

@@ -66,10 +66,11 @@ pub struct Settings {
     /// How many keys async steps run at once, unless a pipeline says otherwise.
     pub parallel: usize,
     /// Records decoded and run through the pipelines at a time: a stream or SQS batch larger
-    /// than this is taken in windows, one after another. A window is decoded a few dozen
-    /// records at a time in the turns the window before it leaves the thread while its calls
-    /// are out, once three in four of that window's units are over: little more than one
-    /// window's events are in memory at once. Each window ends before the next starts, so a key's
+    /// than this is taken in windows, one after another. A window after the first is decoded
+    /// a few dozen records at a time (whole, for a size with no divisor from 8 to 32) in the
+    /// turns the window before it leaves the thread while its calls are out, once three in
+    /// four of that window's units are over: little more than one window's events are in
+    /// memory at once. Each window ends before the next starts, so a key's
     /// order holds across them, and a key with a record to retry stays blocked. Sources that
     /// Lambda delivers again whole (SNS, S3, EventBridge, Firehose, schedules, alarms), and a
     /// batch with an SQS FIFO group or a record without an id, run in one window.

@@ -144,7 +144,8 @@ fn assert_checkpoint(response: &KinesisEventResponse, sequence: &str) {
 
 #[tokio::test(start_paused = true)]
 async fn a_keys_records_are_applied_once_each_in_order_across_windows() {
-    for (window, from_payload) in [1, 3, 7, 500]
+    // windows of 40 and 50 are decoded in chunks of 20 and 25, the next while one runs
+    for (window, from_payload) in [1, 3, 7, 40, 50, 500]
         .into_iter()
         .flat_map(|w| [(w, false), (w, true)])
     {
@@ -197,6 +198,34 @@ async fn a_stream_retry_in_a_later_window(from_payload: bool) {
     // the poison record comes back with the rest after the checkpoint: its fault is raised
     // then, not now
     assert!(faults.published().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn windows_decoded_ahead_in_chunks_keep_the_checkpoint_blocked_keys_and_faults() {
+    for from_payload in [false, true] {
+        // windows of 40 decoded 20 records at a time: 7 keys × 20 events in 4 windows
+        let (handler, log, faults) = in_key_order(40);
+        let mut events = events(7, 20);
+        // k1's 8th (second window, second chunk) is retried; k3's last is poison (last window)
+        events[50].id = "retry-k1".into();
+        events[136].id = "poison-k3".into();
+        let retried = to_kinesis_records(&events).records[50]
+            .kinesis
+            .sequence_number
+            .clone();
+        let response = kinesis(&handler, &events, from_payload).await;
+        assert_checkpoint(&response, &retried);
+        let log = log.lock().unwrap();
+        let keys = by_key(&log);
+        assert_eq!(log.len(), 7 + 5 * 20 + 19, "each applied once: {log:?}");
+        assert_eq!(keys["k1"], (0..7).collect::<Vec<_>>(), "{log:?}");
+        assert_eq!(keys["k3"], (0..19).collect::<Vec<_>>(), "{log:?}");
+        for key in ["k0", "k2", "k4", "k5", "k6"] {
+            assert_eq!(keys[key], (0..20).collect::<Vec<_>>(), "{key}: {log:?}");
+        }
+        // the poison record comes back with the rest after the checkpoint
+        assert!(faults.published().is_empty());
+    }
 }
 
 #[tokio::test(start_paused = true)]

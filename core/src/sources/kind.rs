@@ -53,9 +53,11 @@ pub trait Source: Send + Sync + 'static {
         serde_json::from_slice(payload)
     }
     /// The event cut into pieces of at most `size` records, in order. The handler asks for
-    /// pieces of a divisor of [`Settings::window`](crate::Settings::window) (25 records for
-    /// windows of 500), decodes one at a time and groups them back into windows: each window
-    /// runs when the one before it has ended, and is decoded while that one's calls are out.
+    /// pieces of the largest divisor from 8 to 32 of
+    /// [`Settings::window`](crate::Settings::window) (25 records for windows of 500; the
+    /// window itself when it has none), decodes one at a time and groups them back into
+    /// windows: each window runs when the one before it has ended, and is decoded while that
+    /// one's calls are out.
     /// By default one piece, so one window: a source Lambda delivers again whole keeps it, since a fault
     /// published by an early window would be raised again when a later one fails the event.
     /// When there is more than one window, each window's outcomes keep only the records to
@@ -69,9 +71,9 @@ pub trait Source: Send + Sync + 'static {
     /// [`windows`](Source::windows) cuts it, each parsed when its turn comes: what
     /// [`run`](crate::run) hands the handler ([`Handler::handle_payload`](crate::Handler::handle_payload)).
     /// By default the event is parsed whole ([`event`](Source::event)) and then cut. A
-    /// Kinesis batch is walked once to find its records and each window's are parsed when it
-    /// is taken, so a big batch holds its payload and one window's records, not every record's
-    /// decoded data. (A DynamoDB stream record already keeps only slices of the payload, and
+    /// Kinesis batch is walked once to find its records and each piece's are parsed when it
+    /// is taken, so a big batch holds its payload and little more than one window's records,
+    /// not every record's decoded data. (A DynamoDB stream record already keeps only slices of the payload, and
     /// walking its images costs the trigger 4.5 %: it is parsed whole.) The walk does not check
     /// the JSON: a record of such a batch that is not JSON at all is a decode fault of its own
     /// (its text and sequence number kept), where a batch parsed whole fails the invocation.

@@ -1,8 +1,8 @@
-//! A batch parsed a window at a time (see [`Source::event_windows`](super::Source::event_windows)).
+//! A batch parsed a piece at a time (see [`Source::event_windows`](super::Source::event_windows)).
 //!
 //! The payload is walked once, each record only skipped over, to find where it starts and ends
-//! and whether it may be taken in a window; each window's records are parsed when its turn
-//! comes. So a big batch holds its payload and one window's records, where a batch parsed
+//! and whether it may be taken in a window; each piece's records are parsed when its turn
+//! comes. So a big batch holds its payload and about one window's records, where a batch parsed
 //! whole holds every record's (a Kinesis batch's decoded data alone is more than half its
 //! payload).
 
