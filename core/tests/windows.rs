@@ -134,6 +134,14 @@ fn unordered(window: usize) -> (Handler, Log) {
 }
 
 /// The stream's response names one record to retry from: the one with `sequence`.
+/// The sequence number the Kinesis batch of `events` gives its `i`-th record.
+fn sequence_number(events: &[Event], i: usize) -> String {
+    to_kinesis_records(events).records[i]
+        .kinesis
+        .sequence_number
+        .clone()
+}
+
 fn assert_checkpoint(response: &KinesisEventResponse, sequence: &str) {
     assert_eq!(response.batch_item_failures.len(), 1);
     assert_eq!(
@@ -180,10 +188,7 @@ async fn a_stream_retry_in_a_later_window(from_payload: bool) {
     // the 6th record (second window) is retried; a poison record in the last window
     events[5].id = "retry-k1".into();
     events[14].id = "poison-k2".into();
-    let sixth = to_kinesis_records(&events).records[5]
-        .kinesis
-        .sequence_number
-        .clone();
+    let sixth = sequence_number(&events, 5);
     let response = kinesis(&handler, &events, from_payload).await;
     // Lambda delivers again from the retried record on (its record kept when the others'
     // were let go with their window)
@@ -209,10 +214,7 @@ async fn windows_decoded_ahead_in_chunks_keep_the_checkpoint_blocked_keys_and_fa
         // k1's 8th (second window, second chunk) is retried; k3's last is poison (last window)
         events[50].id = "retry-k1".into();
         events[136].id = "poison-k3".into();
-        let retried = to_kinesis_records(&events).records[50]
-            .kinesis
-            .sequence_number
-            .clone();
+        let retried = sequence_number(&events, 50);
         let response = kinesis(&handler, &events, from_payload).await;
         assert_checkpoint(&response, &retried);
         let log = log.lock().unwrap();
